@@ -1,0 +1,46 @@
+# pullboot developer entry points. Every target sets up what it needs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export CONTAINERS_CONF := $(CURDIR)/packaging/podman/containers.conf
+
+.PHONY: help venv demo test test-fast test-container lint typecheck bench clean
+
+help:
+	@echo "make demo            run the boot job locally on this repo's demo role (no AWS)"
+	@echo "make test            every test: unit, integration and container (molecule) tests"
+	@echo "make test-fast       tests without containers"
+	@echo "make test-container  only the container tests (podman + molecule)"
+	@echo "make lint            ruff + mypy"
+	@echo "make bench           benchmarks (bench/README.md)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	@scripts/demo
+
+test: $(STAMP)
+	$(BIN)/ruff check pullboot tests
+	$(BIN)/mypy
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m 'not container'
+
+test-container: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -m container
+
+lint: $(STAMP)
+	$(BIN)/ruff check pullboot tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

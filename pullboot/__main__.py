@@ -1,0 +1,5 @@
+"""``python -m pullboot``: same as the ``pullboot`` console script."""
+
+from pullboot.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,341 @@
+"""Command line: parse argv, set up logging, call the core, render, exit.
+
+This is the only module that touches argv, stdout/stderr rendering, signal
+handlers and exit codes. Everything else returns data or raises
+PullbootError.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from pullboot import __version__, config
+from pullboot.errors import ConfigError, PullbootError
+
+log = logging.getLogger("pullboot")
+
+EXIT_CODES = """\
+exit codes:
+  0   successful, or unchanged (nothing to do)
+  1   the play failed
+  2   usage or config error
+  3   identity or role resolution error
+  4   source error (fetch, verification, extraction, no playbook)
+  5   canceled (SIGTERM/SIGINT) or timed out
+  75  another run holds the lock
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pullboot`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        code: int = args.func(args)
+    except PullbootError as exc:
+        _print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pullboot", description="Turn a plain machine image into any server at boot.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pullboot {__version__}")
+    parser.set_defaults(verbose=0)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common)
+    run = sub.add_parser("run", parents=[common], help="the boot job: resolve, fetch, run, report",
+                         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_options(run)
+    run.set_defaults(func=cmd_run)
+    plan = sub.add_parser("plan", parents=[common], help="show what a run would do; run nothing",
+                          epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    plan.set_defaults(func=cmd_plan)
+    status = sub.add_parser("status", help="the last runs recorded in the state dir")
+    status.add_argument("--state-dir", metavar="DIR", help="default: $PULLBOOT_STATE_DIR or "
+                        "/var/lib/pullboot")
+    status.add_argument("--config", metavar="FILE", help="config file (for state_dir)")
+    status.add_argument("-n", "--limit", type=int, default=20, help="runs to show (default 20)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("-v", "--verbose", action="count", default=0)
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help=f"config file (env PULLBOOT_CONFIG; default {config.DEFAULT_CONFIG}, "
+                   "optional)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help=f"state dir (env PULLBOOT_STATE_DIR; default {config.DEFAULT_STATE_DIR})")
+    p.add_argument("--source", metavar="URL", help="dir, git+https://..., s3://bucket/key")
+    p.add_argument("--ref", metavar="REF", help="git branch, tag or commit sha")
+    p.add_argument("--role", metavar="NAME", action="append", dest="roles",
+                   help="role to run (repeatable; or comma-separated)")
+    p.add_argument("-e", "--extra-vars", metavar="KEY=VALUE|@FILE", action="append",
+                   default=[], help="extra vars for the play (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout "
+                   "(logs go to stderr)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more logging (-vv also makes ansible verbose)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", default=None, help="ansible check mode")
+    p.add_argument("--diff", action="store_true", default=None, help="ansible diff mode")
+    p.add_argument("--tags", action="append", metavar="TAGS", help="only tasks with these tags")
+    p.add_argument("--skip-tags", action="append", metavar="TAGS", help="skip these tags")
+    p.add_argument("--limit", metavar="PATTERN", help="limit the play to these hosts")
+    p.add_argument("--timeout", type=int, metavar="SECONDS", help="job timeout (0: none)")
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pullboot import pipeline
+
+    req = _request(args, on_event=_live_printer(sys.stderr))
+    restore = _install_signal_handlers(req.cancel)
+    try:
+        result = pipeline.run(req)
+    finally:
+        restore()
+    report = result.report
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        _render_report(report, result.report_path, sys.stdout)
+    return report.exit_code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pullboot import pipeline
+
+    result = pipeline.plan(_request(args))
+    if args.json:
+        json.dump(asdict(result), sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    out = sys.stdout
+    inst = result.instance
+    out.write(f"instance   {inst.get('id') or '(not on EC2)'} "
+              f"[{result.identity_from}] host {inst.get('hostname')}\n")
+    for role in result.roles or [{"name": "(none: fallback playbook)", "origin": "-"}]:
+        out.write(f"role       {role['name']}  <- {role['origin']}\n")
+    src = result.source
+    out.write(f"source     {src.url} ({src.kind}) ref {src.ref or '(default)'}\n")
+    out.write(f"revision   {src.revision}\n")
+    out.write(f"current    {result.current_release or '(none)'}\n")
+    out.write(f"playbooks  {', '.join(result.playbooks)}\n")
+    for name, origin in result.vars.items():
+        out.write(f"var        {name}  <- {origin}\n")
+    for key, item in result.settings.items():
+        if item["origin"] != "default":
+            out.write(f"setting    {key} = {item['value']!r}  <- {item['origin']}\n")
+    out.write(f"would run  {'yes' if result.would_run else 'no'}: {result.reason}\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pullboot.state import StateDir
+
+    layers = [config.Layer("cli", {"state_dir": args.state_dir} if args.state_dir else {}),
+              config.env_layer(), _config_layer(args)]
+    state = StateDir(Path(config.resolve(layers).get("state_dir")))
+    reports = [r for _, r in zip(range(max(args.limit, 1)), state.reports(), strict=False)]
+    if args.json:
+        json.dump(reports, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    if not reports:
+        sys.stdout.write(f"no runs recorded under {state.runs}\n")
+        return 0
+    sys.stdout.write(_status_table(reports))
+    return 0
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
+    from pullboot.pipeline import Request
+
+    cli: dict[str, Any] = {}
+    for attr, key in (("state_dir", "state_dir"), ("source", "source"), ("ref", "ref"),
+                      ("limit", "run.limit"), ("timeout", "run.timeout"),
+                      ("check", "run.check"), ("diff", "run.diff")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            cli[key] = value
+    if args.roles:
+        cli["roles"] = [r.strip() for item in args.roles for r in item.split(",")]
+    for attr, key in (("tags", "run.tags"), ("skip_tags", "run.skip_tags")):
+        if getattr(args, attr, None):
+            cli[key] = [t.strip() for item in getattr(args, attr) for t in item.split(",")]
+    if args.verbose >= 2:
+        cli["run.verbosity"] = min(args.verbose - 1, 4)
+    extra = parse_extra_vars(args.extra_vars)
+    if extra:
+        cli["vars"] = extra
+    path, required = _config_path(args)
+    return Request(cli=cli, config_path=path, config_required=required,
+                   **({"on_event": on_event} if on_event else {}))
+
+
+def _config_path(args: argparse.Namespace) -> tuple[Path, bool]:
+    if args.config:
+        return Path(args.config), True
+    if os.environ.get("PULLBOOT_CONFIG"):
+        return Path(os.environ["PULLBOOT_CONFIG"]), True
+    return config.DEFAULT_CONFIG, False
+
+
+def _config_layer(args: argparse.Namespace) -> config.Layer:
+    path, required = _config_path(args)
+    return config.load_file(path, required=required)
+
+
+def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
+    """``-e key=value`` / ``-e @file.yml`` / ``-e '{"json": 1}'`` into one dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if item.startswith("@"):
+            path = Path(item[1:])
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as exc:
+                raise ConfigError(f"-e {item}: cannot read vars file: {exc}",
+                                  hint="give a readable YAML or JSON file") from None
+        elif item.lstrip().startswith("{"):
+            try:
+                data = yaml.safe_load(item)
+            except yaml.YAMLError:
+                raise ConfigError(f"-e {item[:60]!r} is not valid JSON/YAML",
+                                  hint="use KEY=VALUE, @FILE or a JSON object") from None
+        elif "=" in item:
+            key, _, value = item.partition("=")
+            data = {key.strip(): value}
+        else:
+            raise ConfigError(f"-e {item[:60]!r} is not KEY=VALUE, @FILE or JSON",
+                              hint="write -e env=prod or -e @vars.yml")
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"-e {item[:60]!r} does not hold a mapping of names to values",
+                              hint="a vars file must be a YAML/JSON mapping")
+        from pullboot.roles import check_var_name
+
+        for key in data:
+            check_var_name(str(key), origin=f"-e {item[:40]}")
+        out.update({str(k): v for k, v in data.items()})
+    return out
+
+
+def _install_signal_handlers(cancel: threading.Event) -> Any:
+    def handler(signum: int, _frame: Any) -> None:
+        log.warning("%s received: canceling the run", signal.Signals(signum).name)
+        cancel.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def _live_printer(stream: TextIO) -> Any:
+    from pullboot.events import describe
+
+    tty = stream.isatty()
+
+    def show(event: Mapping[str, Any]) -> None:
+        line = describe(event)
+        if line is None:
+            return
+        status, text = line
+        if tty or status in ("failed", "unreachable"):
+            stream.write(f"{status:<11} {text}\n" if status != "play" else f"PLAY {text}\n")
+            stream.flush()
+
+    return show
+
+
+def _render_report(report: Any, path: Path | None, out: TextIO) -> None:
+    inst = report.instance
+    out.write(f"pullboot run {report.run_id}: {report.status} (exit {report.exit_code}) "
+              f"in {report.duration_s:.1f}s\n")
+    if inst:
+        out.write(f"  instance   {inst.get('id') or '(local)'} {inst.get('region') or ''} "
+                  f"{inst.get('instance_type') or ''}\n".rstrip() + "\n")
+    for role in report.roles:
+        out.write(f"  role       {role['name']} (from {role['origin']})\n")
+    src = report.source
+    if src.url:
+        stale = f"  STALE: {src.stale_reason}" if src.stale else ""
+        out.write(f"  source     {src.url} ({src.kind}) @ {src.revision}{stale}\n")
+    if report.playbooks:
+        out.write(f"  playbooks  {', '.join(report.playbooks)}\n")
+    if report.stats:
+        totals = report.totals()
+        out.write("  stats      " + " ".join(f"{k}={v}" for k, v in totals.items()) + "\n")
+    for failure in report.failures:
+        out.write(f"  FAILED     {failure['task']} [{failure['host']}]: {failure['message']}\n")
+    if report.error:
+        out.write(f"  error      {report.error['message']}\n")
+        if report.error.get("hint"):
+            out.write(f"  fix        {report.error['hint']}\n")
+    if path:
+        out.write(f"  report     {path}\n")
+
+
+def _status_table(reports: list[dict[str, Any]]) -> str:
+    rows = [("RUN", "STATUS", "ROLES", "REVISION", "CHANGED", "FAILED", "DURATION")]
+    for r in reports:
+        stats = r.get("stats") or {}
+        changed = sum(h.get("changed", 0) for h in stats.values())
+        failed = sum(h.get("failed", 0) + h.get("unreachable", 0) for h in stats.values())
+        rev = str((r.get("source") or {}).get("revision") or "-")
+        rows.append((str(r.get("run_id")), str(r.get("status")),
+                     ",".join(x["name"] for x in r.get("roles") or []) or "-",
+                     rev[:12], str(changed), str(failed), f"{r.get('duration_s', 0):.1f}s"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                   + "\n" for row in rows)
+
+
+def _print_error(exc: PullbootError) -> None:
+    sys.stderr.write(f"pullboot: error: {exc.message}\n")
+    if exc.hint:
+        sys.stderr.write(f"pullboot: fix: {exc.hint}\n")
+
+
+def _setup_logging(verbose: int) -> None:
+    # Logs always go to stderr, so --json output on stdout stays clean.
+    handler = logging.StreamHandler(sys.stderr)
+    # journald adds its own timestamps; a TTY user wants them short.
+    handler.setFormatter(logging.Formatter("pullboot: %(levelname)s %(message)s"))
+    root = logging.getLogger("pullboot")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False

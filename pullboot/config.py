@@ -1,0 +1,297 @@
+"""Settings: one schema, several layers, every value with its origin.
+
+A setting is resolved from layers in precedence order
+``cli > env > user-data > tags > config file > default``; the first layer that
+holds a key wins and the resolved value remembers that layer's origin.
+``vars`` is the exception: launch parameters are merged name by name, each
+keeping its own origin.
+
+Config files and user-data are nested YAML (``imds: {enabled: false}``); the
+schema and :meth:`Settings.get` use dotted keys (``imds.enabled``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from pullboot.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG: Final = Path("/etc/pullboot/pullboot.yml")
+DEFAULT_STATE_DIR: Final = "/var/lib/pullboot"
+ENV_PREFIX: Final = "PULLBOOT_"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its dotted key, type name, default and one line of help."""
+
+    key: str
+    kind: str  # str | opt-str | bool | int | float | list | dict | choice
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+SCHEMA: Final[tuple[Option, ...]] = (
+    Option("source", "opt-str", None, "where playbooks come from: dir, git or s3 URL"),
+    Option("ref", "opt-str", None, "git branch, tag or sha (default: the remote's HEAD)"),
+    Option("roles", "list", [], "roles to run, in order (role: web, or roles: [base, web])"),
+    Option("role_tag", "str", "pullboot:role", "instance tag that names the role(s)"),
+    Option("vars", "dict", {}, "extra vars (launch parameters) for the play"),
+    Option("state_dir", "str", DEFAULT_STATE_DIR, "runs, releases, caches and the lock"),
+    Option("keep_runs", "int", 30, "run reports kept under state_dir/runs"),
+    Option("keep_releases", "int", 3, "fetched releases kept under state_dir/releases"),
+    Option("on_source_failure", "choice", "last-good", "source down: run the last good release "
+           "or fail", ("last-good", "fail")),
+    Option("only_if_changed", "bool", False, "skip the run when nothing changed since the "
+           "last successful run"),
+    Option("imds.enabled", "bool", True, "read identity, tags and user-data from IMDS"),
+    Option("imds.tags", "bool", True, "read instance tags from IMDS (needs metadata tags on)"),
+    Option("imds.allow_v1", "bool", False, "fall back to IMDSv1 when no token can be had"),
+    Option("imds.timeout", "float", 2.0, "seconds per IMDS request"),
+    Option("imds.budget", "float", 120.0, "total seconds to wait for IMDS at boot"),
+    Option("ec2_tags", "bool", True, "read tags with the EC2 API when IMDS has none"),
+    Option("run.check", "bool", False, "ansible check mode"),
+    Option("run.diff", "bool", False, "ansible diff mode"),
+    Option("run.tags", "list", [], "only run tasks with these tags"),
+    Option("run.skip_tags", "list", [], "skip tasks with these tags"),
+    Option("run.limit", "opt-str", None, "limit the play to these hosts"),
+    Option("run.verbosity", "int", 0, "ansible verbosity (0-4)"),
+    Option("run.timeout", "int", 0, "job timeout in seconds (0: none)"),
+    Option("run.keep_artifacts", "int", 5, "ansible-runner artifact dirs kept"),
+)
+OPTIONS: Final[dict[str, Option]] = {o.key: o for o in SCHEMA}
+# Short names accepted in config, user-data and tags.
+ALIASES: Final[dict[str, str]] = {"role": "roles"}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A value and where it came from (cli, env:NAME, user-data, imds-tag:KEY, config, ...)."""
+
+    value: Any
+    origin: str
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Values from one place; ``origins`` overrides ``origin`` per key (tags, env names)."""
+
+    origin: str
+    values: Mapping[str, Any]
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+    def origin_of(self, key: str) -> str:
+        return self.origins.get(key, self.origin)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings: ``get(key)`` gives the value, ``origin(key)`` where it came from."""
+
+    resolved: Mapping[str, Resolved]
+    vars: Mapping[str, Resolved]
+
+    def get(self, key: str) -> Any:
+        return self.resolved[key].value
+
+    def origin(self, key: str) -> str:
+        return self.resolved[key].origin
+
+    def var_values(self) -> dict[str, Any]:
+        return {name: r.value for name, r in self.vars.items()}
+
+
+_SECTIONS: Final = frozenset(k.split(".", 1)[0] for k in OPTIONS if "." in k)
+
+
+def resolve(layers: Iterable[Layer]) -> Settings:
+    """Merge layers (highest precedence first) over the schema defaults."""
+    layers = list(layers)
+    resolved: dict[str, Resolved] = {}
+    for opt in SCHEMA:
+        if opt.key == "vars":
+            continue
+        hit = next((lay for lay in layers if opt.key in lay.values), None)
+        if hit is None:
+            resolved[opt.key] = Resolved(opt.default, "default")
+        else:
+            resolved[opt.key] = Resolved(hit.values[opt.key], hit.origin_of(opt.key))
+    merged: dict[str, Resolved] = {}
+    for lay in reversed(layers):
+        for name, value in (lay.values.get("vars") or {}).items():
+            merged[name] = Resolved(value, lay.origin_of(f"vars.{name}"))
+    resolved["vars"] = Resolved({n: r.value for n, r in merged.items()}, "merged")
+    return Settings(resolved=resolved, vars=merged)
+
+
+def flatten(doc: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """Turn a nested mapping into validated dotted keys; unknown keys are errors."""
+    flat: dict[str, Any] = {}
+    for raw_key, value in doc.items():
+        key = ALIASES.get(str(raw_key), str(raw_key))
+        if key in _SECTIONS and isinstance(value, Mapping):
+            for sub, subval in value.items():
+                flat[f"{key}.{sub}"] = subval
+        else:
+            flat[key] = value
+    return {key: coerce(key, value, where=where) for key, value in flat.items()}
+
+
+def coerce(key: str, value: Any, *, where: str) -> Any:
+    """Check ``value`` against the schema type of ``key``; strings are parsed (env, tags)."""
+    opt = OPTIONS.get(key)
+    if opt is None:
+        raise ConfigError(f"unknown setting {key!r} in {where}", hint=_did_you_mean(key))
+    try:
+        return _COERCE[opt.kind](opt, value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"setting {key!r} in {where}: {exc}",
+            hint=f"{key} takes {_describe(opt)}, e.g. {key}: {_example(opt)}",
+        ) from None
+
+
+def _did_you_mean(key: str) -> str:
+    known = sorted(set(OPTIONS) | set(ALIASES))
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f"did you mean {close[0]!r}? (known settings: pullboot config --help lists them)"
+    return "remove it; known settings are: " + ", ".join(known)
+
+
+def _as_bool(_: Option, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _TRUTHY | _FALSY:
+        return v.strip().lower() in _TRUTHY
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+def _as_int(_: Option, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise TypeError(f"expected a whole number, got {type(v).__name__}")
+    n = int(v)
+    if n < 0:
+        raise ValueError(f"expected a number >= 0, got {n}")
+    return n
+
+
+def _as_float(_: Option, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise TypeError(f"expected a number, got {type(v).__name__}")
+    f = float(v)
+    if f < 0:
+        raise ValueError(f"expected a number >= 0, got {f}")
+    return f
+
+
+def _as_str(_: Option, v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _as_opt_str(o: Option, v: Any) -> str | None:
+    return None if v is None else _as_str(o, v)
+
+
+def _as_list(_: Option, v: Any) -> list[str]:
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",")] if v.strip() else [v]
+    if isinstance(v, list) and all(isinstance(i, str) for i in v):
+        return list(v)
+    raise TypeError(f"expected a list of strings or a comma-separated string, got {v!r:.60}")
+
+
+def _as_dict(_: Option, v: Any) -> dict[str, Any]:
+    if isinstance(v, Mapping) and all(isinstance(k, str) for k in v):
+        return dict(v)
+    raise TypeError(f"expected a mapping of names to values, got {type(v).__name__}")
+
+
+def _as_choice(o: Option, v: Any) -> str:
+    if v not in o.choices:
+        raise ValueError(f"expected one of {', '.join(o.choices)}, got {v!r}")
+    return str(v)
+
+
+_TRUTHY: Final = frozenset({"true", "yes", "on", "1"})
+_FALSY: Final = frozenset({"false", "no", "off", "0"})
+_COERCE: Final[dict[str, Callable[[Option, Any], Any]]] = {
+    "bool": _as_bool, "int": _as_int, "float": _as_float, "str": _as_str,
+    "opt-str": _as_opt_str, "list": _as_list, "dict": _as_dict, "choice": _as_choice,
+}
+
+
+def _describe(opt: Option) -> str:
+    return {
+        "bool": "true or false", "int": "a whole number", "float": "a number",
+        "str": "a string", "opt-str": "a string", "list": "a list of strings",
+        "dict": "a mapping", "choice": "one of " + "|".join(opt.choices),
+    }[opt.kind]
+
+
+def _example(opt: Option) -> str:
+    if opt.kind == "choice":
+        return opt.choices[0]
+    return {"bool": "true", "int": "3", "float": "2.5", "list": "[a, b]",
+            "dict": "{env: prod}"}.get(opt.kind, "value")
+
+
+def load_file(path: Path, *, required: bool) -> Layer:
+    """Read and validate a YAML config file; a missing optional file is an empty layer."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist",
+                              hint="create it, or drop --config / PULLBOOT_CONFIG") from None
+        log.debug("no config file at %s; using defaults", path)
+        return Layer("config", {})
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
+                          hint="check the path and its permissions") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}",
+                          hint="fix the YAML syntax (yamllint helps)") from None
+    if doc is None:
+        return Layer("config", {})
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"config file {path} must be a mapping of settings, "
+                          f"not {type(doc).__name__}", hint="see the README's config reference")
+    log.debug("loaded config file %s", path)
+    return Layer("config", flatten(doc, where=f"config file {path}"))
+
+
+def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
+    """Settings from ``PULLBOOT_<KEY>`` variables (``PULLBOOT_IMDS_ENABLED=false``)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for key, opt in OPTIONS.items():
+        if opt.kind == "dict":
+            continue
+        name = ENV_PREFIX + key.upper().replace(".", "_")
+        if name in environ:
+            values[key] = coerce(key, environ[name], where=f"environment variable {name}")
+            origins[key] = f"env:{name}"
+    if "PULLBOOT_ROLE" in environ and "roles" not in values:
+        values["roles"] = coerce("roles", environ["PULLBOOT_ROLE"],
+                                 where="environment variable PULLBOOT_ROLE")
+        origins["roles"] = "env:PULLBOOT_ROLE"
+    return Layer("env", values, origins)

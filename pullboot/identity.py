@@ -1,0 +1,142 @@
+"""Who is this instance: identity document, tags and user-data.
+
+:func:`read_identity` reads IMDS (or, when IMDS is disabled, only the local
+hostname); :func:`read_ec2_api_tags` is the fallback for instances whose
+metadata tags are not enabled. Both return frozen data; neither logs raw
+user-data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+from pullboot.errors import IdentityError
+from pullboot.imds import ImdsClient
+
+log = logging.getLogger(__name__)
+
+_DOC_FIELDS = {
+    "instance_id": ("instanceId", "/latest/meta-data/instance-id"),
+    "region": ("region", "/latest/meta-data/placement/region"),
+    "availability_zone": ("availabilityZone", "/latest/meta-data/placement/availability-zone"),
+    "instance_type": ("instanceType", "/latest/meta-data/instance-type"),
+    "image_id": ("imageId", "/latest/meta-data/ami-id"),
+    "account_id": ("accountId", None),
+}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The instance as pullboot sees it. Fields are ``None`` off EC2."""
+
+    instance_id: str | None = None
+    region: str | None = None
+    availability_zone: str | None = None
+    instance_type: str | None = None
+    image_id: str | None = None
+    account_id: str | None = None
+    hostname: str = field(default_factory=socket.gethostname)
+    fqdn: str = field(default_factory=socket.getfqdn)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # "imds", "ec2-api" or None when no tags could be read.
+    tags_from: str | None = None
+    # Why tags are missing, for the "no role anywhere" error.
+    tags_note: str | None = None
+    user_data: bytes | None = field(default=None, repr=False)
+    source: str = "local"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The instance block of reports and of the play's ``pullboot`` var."""
+        return {
+            "id": self.instance_id, "region": self.region,
+            "availability_zone": self.availability_zone,
+            "instance_type": self.instance_type, "image_id": self.image_id,
+            "account_id": self.account_id, "hostname": self.hostname,
+        }
+
+
+def local_identity() -> Identity:
+    """Identity when IMDS is disabled: hostname only."""
+    return Identity(tags_note="IMDS disabled", source="local")
+
+
+def read_identity(client: ImdsClient, *, read_tags: bool) -> Identity:
+    """Read the identity document, tags (when ``read_tags``) and user-data."""
+    fields = _identity_fields(client)
+    tags: dict[str, str] = {}
+    tags_from: str | None = None
+    note: str | None = None
+    if read_tags:
+        keys = client.get_text("/latest/meta-data/tags/instance")
+        if keys is None:
+            note = "instance metadata tags are not enabled (IMDS answered 404)"
+        else:
+            for key in filter(None, keys.splitlines()):
+                path = f"/latest/meta-data/tags/instance/{quote(key, safe=':@=,+')}"
+                value = client.get_text(path)
+                if value is not None:
+                    tags[key] = value
+            tags_from = "imds"
+    else:
+        note = "reading tags from IMDS is off (imds.tags: false)"
+    hostname = client.get_text("/latest/meta-data/local-hostname") or socket.gethostname()
+    return Identity(
+        **fields, hostname=hostname.split(".")[0], fqdn=hostname if "." in hostname
+        else socket.getfqdn(), tags=tags, tags_from=tags_from, tags_note=note,
+        user_data=client.get("/latest/user-data"), source="imds",
+    )
+
+
+def _identity_fields(client: ImdsClient) -> dict[str, str | None]:
+    raw = client.get("/latest/dynamic/instance-identity/document")
+    doc: Mapping[str, Any] = {}
+    if raw is not None:
+        try:
+            parsed = json.loads(raw)
+            if isinstance(parsed, Mapping):
+                doc = parsed
+            else:
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            # A broken document must not stop the boot: the same facts are
+            # available one by one under meta-data/.
+            log.warning("instance identity document is malformed (%s); "
+                        "reading meta-data paths instead", exc)
+    out: dict[str, str | None] = {}
+    for name, (doc_key, path) in _DOC_FIELDS.items():
+        value = doc.get(doc_key)
+        if not isinstance(value, str) and path is not None:
+            value = client.get_text(path)
+        out[name] = value if isinstance(value, str) and value else None
+    return out
+
+
+def read_ec2_api_tags(identity: Identity) -> Identity:
+    """Fill ``tags`` from EC2 ``DescribeTags`` (instance-role credentials via botocore).
+
+    Failures do not raise: they are kept in ``tags_note`` so that role
+    resolution can list them if no role is found anywhere else.
+    """
+    if not identity.instance_id or not identity.region:
+        return _with_tags(identity, {}, None, f"{identity.tags_note}; EC2 API skipped: "
+                          "instance id or region unknown")
+    from pullboot import aws  # boto3 costs ~0.5 s to import: only when needed
+
+    try:
+        tags = aws.describe_instance_tags(identity.instance_id, region=identity.region)
+    except IdentityError as exc:
+        log.warning("could not read tags through the EC2 API: %s", exc.message)
+        return _with_tags(identity, {}, None, f"{identity.tags_note}; EC2 API: {exc.message}")
+    log.info("read %d instance tags through the EC2 API", len(tags))
+    return _with_tags(identity, tags, "ec2-api", None)
+
+
+def _with_tags(identity: Identity, tags: Mapping[str, str], tags_from: str | None,
+               note: str | None) -> Identity:
+    return replace(identity, tags=dict(tags), tags_from=tags_from, tags_note=note)

@@ -1,0 +1,331 @@
+"""The boot job, composed: resolve -> fetch -> select -> run -> report.
+
+:func:`run` never raises a PullbootError: every failure becomes a report with
+status ``error`` (or ``canceled``) and the documented exit code, written
+whenever the state dir is writable. :func:`plan` resolves and fetches but
+runs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pullboot import __version__, config, playbooks, roles
+from pullboot.errors import EXIT_CANCELED, PullbootError
+from pullboot.events import EventRecorder, Redactor
+from pullboot.identity import Identity, local_identity, read_ec2_api_tags, read_identity
+from pullboot.imds import ImdsClient, ImdsOptions, imds_disabled, imds_endpoint
+from pullboot.report import EXIT_FOR_STATUS, Report, SourceInfo
+from pullboot.roles import RoleChoice
+from pullboot.state import StateDir, new_run_id, write_json_atomic
+from pullboot.userdata import parse_user_data
+
+log = logging.getLogger(__name__)
+
+
+class Canceled(PullbootError):
+    """SIGTERM/SIGINT arrived before the play started."""
+
+    exit_code = EXIT_CANCELED
+    stage = "run"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the CLI asks for. ``cli`` holds dotted setting keys from flags."""
+
+    cli: Mapping[str, Any] = field(default_factory=dict)
+    config_path: Path = config.DEFAULT_CONFIG
+    config_required: bool = False
+    environ: Mapping[str, str] | None = None
+    on_event: Callable[[Mapping[str, Any]], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Who we are and what to run, each value with its origin."""
+
+    settings: config.Settings
+    identity: Identity
+    roles: tuple[RoleChoice, ...]
+    state: StateDir
+
+
+@dataclass(frozen=True)
+class RunResult:
+    report: Report
+    report_path: Path | None
+
+
+def base_layers(req: Request) -> list[config.Layer]:
+    """Layers knowable before IMDS, in precedence order: cli, env, config file."""
+    return [_cli_layer(req), config.env_layer(req.environ),
+            config.load_file(req.config_path, required=req.config_required)]
+
+
+def resolve(req: Request) -> Resolution:
+    """Read identity, add user-data and tag layers, resolve roles (validated)."""
+    cli, env, cfg = base_layers(req)
+    base = config.resolve([cli, env, cfg])
+    state = StateDir(Path(base.get("state_dir")))
+    identity = _identity(base, req.environ)
+    section = parse_user_data(identity.user_data)
+    settings = config.resolve([cli, env, roles.user_data_layer(section),
+                               roles.tag_layer(identity, role_tag=base.get("role_tag")), cfg])
+    _log_origins(settings)
+    looked = _places_looked(settings, identity, section, req.config_path)
+    chosen = roles.resolve_roles(settings, looked=looked) if settings.get("roles") else ()
+    return Resolution(settings=settings, identity=identity, roles=chosen, state=state)
+
+
+def run(req: Request) -> RunResult:
+    """The boot job. Returns the report; never raises PullbootError."""
+    from pullboot import fetch
+
+    started = time.monotonic()
+    started_at = _now()
+    run_id = new_run_id()
+    ctx = _RunContext(run_id=run_id, started_at=started_at, started=started)
+    try:
+        res = resolve(req)
+        ctx.resolution = res
+        res.state.prepare()
+        ctx.run_dir = res.state.run_dir(run_id)
+        _check_cancel(req)
+        release = fetch.fetch_release(res)
+        ctx.source = release.info
+        _check_cancel(req)
+        books = _select(res, release.tree)
+        ctx.playbooks = [str(p.relative_to(release.tree)) for p in books]
+        return _run_play(req, ctx, res, release, books)
+    except PullbootError as exc:
+        return _finish(ctx, req, status="canceled" if isinstance(exc, Canceled) else "error",
+                       exit_code=exc.exit_code, error=exc)
+
+
+def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Any,
+              books: tuple[Path, ...]) -> RunResult:
+    from pullboot import runner
+
+    assert ctx.run_dir is not None
+    settings = res.settings
+    spec = runner.RunSpec(
+        run_id=ctx.run_id, private_dir=res.state.runner, project_dir=release.tree,
+        playbooks=books, extravars=_extravars(ctx, res),
+        check=settings.get("run.check"), diff=settings.get("run.diff"),
+        tags=tuple(settings.get("run.tags")), skip_tags=tuple(settings.get("run.skip_tags")),
+        limit=settings.get("run.limit"), verbosity=settings.get("run.verbosity"),
+        timeout=settings.get("run.timeout"), keep_artifacts=settings.get("run.keep_artifacts"),
+    )
+    events_path = ctx.run_dir / "events.jsonl"
+    ctx.events_file = str(events_path)
+    runner.scrub_all_artifacts(res.state.runner)
+    with EventRecorder(events_path, redact=Redactor(), on_event=req.on_event) as rec:
+        ctx.recorder = rec
+        outcome = runner.run(spec, event_handler=rec, cancel_callback=req.cancel.is_set)
+    status = outcome.status if outcome.status in EXIT_FOR_STATUS else "failed"
+    return _finish(ctx, req, status=status, exit_code=EXIT_FOR_STATUS[status])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run would do, and why, without running anything."""
+
+    instance: dict[str, Any]
+    identity_from: str
+    roles: list[dict[str, str]]
+    settings: dict[str, dict[str, Any]]
+    vars: dict[str, str]
+    source: SourceInfo
+    current_release: str | None
+    playbooks: list[str]
+    would_run: bool
+    reason: str
+
+
+def plan(req: Request) -> Plan:
+    """Resolve and fetch (into the cache only), select playbooks; run nothing.
+
+    Raises PullbootError like a run would fail, so the CLI shows the same error.
+    """
+    from pullboot import fetch
+
+    res = resolve(req)
+    res.state.prepare()
+    current = res.state.current_release()
+    release = fetch.fetch_release(res, switch=False)
+    books = _select(res, release.tree)
+    changed = current != release.info.release
+    shown = {k: {"value": r.value, "origin": r.origin} for k, r in res.settings.resolved.items()
+             if k != "vars"}
+    return Plan(
+        instance=res.identity.as_dict(), identity_from=res.identity.source,
+        roles=[{"name": r.name, "origin": r.origin} for r in res.roles],
+        settings=shown, vars={n: r.origin for n, r in res.settings.vars.items()},
+        source=release.info, current_release=current,
+        playbooks=[str(p.relative_to(release.tree)) for p in books],
+        would_run=True,
+        reason=("the source has a new revision" if changed and current else
+                "no release has run here yet" if not current else
+                "same revision as the current release; a run converges it again"),
+    )
+
+
+@dataclass
+class _RunContext:
+    """What is known so far, so that a report can be written from any step."""
+
+    run_id: str
+    started_at: str
+    started: float
+    resolution: Resolution | None = None
+    run_dir: Path | None = None
+    source: SourceInfo = field(default_factory=SourceInfo)
+    playbooks: list[str] = field(default_factory=list)
+    events_file: str | None = None
+    recorder: EventRecorder | None = None
+
+
+def _finish(ctx: _RunContext, req: Request, *, status: str, exit_code: int,
+            error: PullbootError | None = None) -> RunResult:
+    res = ctx.resolution
+    rec = ctx.recorder
+    report = Report(
+        run_id=ctx.run_id, status=status, exit_code=exit_code, started_at=ctx.started_at,
+        finished_at=_now(), duration_s=round(time.monotonic() - ctx.started, 3),
+        instance=res.identity.as_dict() if res else {},
+        roles=[{"name": r.name, "origin": r.origin} for r in res.roles] if res else [],
+        source=ctx.source, playbooks=ctx.playbooks,
+        stats=rec.stats if rec else {},
+        failures=[vars(f) for f in rec.failures] if rec else [],
+        events_file=ctx.events_file, event_count=rec.count if rec else 0,
+        vars={n: r.origin for n, r in res.settings.vars.items()} if res else {},
+        error=_error_dict(error), options=_options(res), pullboot_version=__version__,
+    )
+    path = _write_report(ctx, req, report)
+    if res is not None and path is not None:
+        res.state.prune_runs(res.settings.get("keep_runs"))
+    return RunResult(report=report, report_path=path)
+
+
+def _write_report(ctx: _RunContext, req: Request, report: Report) -> Path | None:
+    run_dir = ctx.run_dir
+    if run_dir is None:
+        # The error came before the state dir was prepared: try to write anyway.
+        try:
+            state = StateDir(Path(config.resolve(base_layers(req)).get("state_dir")))
+            state.prepare()
+            run_dir = state.run_dir(ctx.run_id)
+        except (PullbootError, OSError) as exc:
+            log.warning("no report written: %s", exc)
+            return None
+    path = run_dir / "report.json"
+    try:
+        write_json_atomic(path, report.to_dict())
+    except OSError as exc:
+        log.warning("could not write the report %s: %s", path, exc)
+        return None
+    return path
+
+
+def _error_dict(error: PullbootError | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {"stage": error.stage, "type": type(error).__name__, "message": error.message,
+            "hint": error.hint}
+
+
+def _options(res: Resolution | None) -> dict[str, Any]:
+    if res is None:
+        return {}
+    keys = ("run.check", "run.diff", "run.tags", "run.skip_tags", "run.limit")
+    return {k.split(".", 1)[1]: res.settings.get(k) for k in keys}
+
+
+def _select(res: Resolution, tree: Path) -> tuple[Path, ...]:
+    if res.roles:
+        return playbooks.for_roles(tree, [r.name for r in res.roles])
+    book = playbooks.fallback(tree, fqdn=res.identity.fqdn, hostname=res.identity.hostname)
+    if book is None:
+        looked = _places_looked(res.settings, res.identity, None, None)
+        roles.resolve_roles(res.settings, looked=[
+            *looked, f"fallback playbooks: no {res.identity.fqdn}.yml, "
+            f"{res.identity.hostname}.yml or local.yml in the source"])
+        raise AssertionError("unreachable: resolve_roles raises without roles")
+    log.info("no role resolved; running fallback playbook %s", book.name)
+    return (book,)
+
+
+def _extravars(ctx: _RunContext, res: Resolution) -> dict[str, Any]:
+    out = dict(res.settings.var_values())
+    out["pullboot"] = {
+        "run_id": ctx.run_id,
+        "instance": res.identity.as_dict(),
+        "tags": dict(res.identity.tags),
+        "roles": [r.name for r in res.roles],
+        "source": {"url": ctx.source.url, "kind": ctx.source.kind, "ref": ctx.source.ref,
+                   "revision": ctx.source.revision, "stale": ctx.source.stale},
+    }
+    return out
+
+
+def _identity(base: config.Settings, environ: Mapping[str, str] | None) -> Identity:
+    if not base.get("imds.enabled") or imds_disabled(environ):
+        log.info("IMDS disabled (%s); local identity only",
+                 "AWS_EC2_METADATA_DISABLED" if imds_disabled(environ)
+                 else f"imds.enabled from {base.origin('imds.enabled')}")
+        return local_identity()
+    client = ImdsClient(ImdsOptions(
+        endpoint=imds_endpoint(environ), timeout=base.get("imds.timeout"),
+        budget=base.get("imds.budget"), allow_v1=base.get("imds.allow_v1")))
+    identity = read_identity(client, read_tags=base.get("imds.tags"))
+    log.info("instance %s in %s (%s)", identity.instance_id, identity.region,
+             identity.instance_type)
+    if identity.tags_from is None and base.get("ec2_tags"):
+        identity = read_ec2_api_tags(identity)
+    return identity
+
+
+def _places_looked(settings: config.Settings, identity: Identity,
+                   section: Mapping[str, Any] | None, config_path: Path | None) -> list[str]:
+    tag = settings.get("role_tag")
+    return [
+        "--role on the command line: not given",
+        "PULLBOOT_ROLE / PULLBOOT_ROLES: not set",
+        "user-data 'pullboot:' section: " + (
+            "no role" if section else "none" if identity.source == "imds" else "IMDS disabled"),
+        f"instance tag {tag!r}: " + ("absent" if identity.tags_from else
+                                     identity.tags_note or "tags not read"),
+        f"config file {config_path or ''}: no 'role'/'roles'",
+    ]
+
+
+def _log_origins(settings: config.Settings) -> None:
+    for key, value in settings.resolved.items():
+        if value.origin not in ("default", "merged"):
+            log.info("setting %s = %r (from %s)", key, value.value, value.origin)
+    for name, r in settings.vars.items():
+        log.info("var %s (from %s)", name, r.origin)  # values may be sensitive
+
+
+def _cli_layer(req: Request) -> config.Layer:
+    return config.Layer("cli", {key: config.coerce(key, value, where="the command line")
+                                for key, value in req.cli.items()})
+
+
+def _check_cancel(req: Request) -> None:
+    if req.cancel.is_set():
+        raise Canceled("canceled by a signal before the play started")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+

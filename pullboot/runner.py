@@ -1,0 +1,197 @@
+"""Run playbooks through ansible-runner, and nothing else.
+
+One function (:func:`runner_kwargs`) builds ansible-runner's arguments from a
+:class:`RunSpec`; :func:`run` calls it and cleans up what ansible-runner
+leaves on disk that it should not: its ``command`` artifact holds the whole
+process environment (credentials, tokens), so it is scrubbed as soon as the
+play starts and again at the end, and old artifact dirs are rotated.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from pullboot.errors import RunError
+
+log = logging.getLogger(__name__)
+
+# Seconds between ansible-runner's checks of cancel and timeout; its default
+# of 5 s would make SIGTERM feel ignored.
+POLL_SECONDS: Final = 0.5
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one ansible-runner invocation needs; built by the pipeline."""
+
+    run_id: str
+    private_dir: Path
+    project_dir: Path
+    playbooks: tuple[Path, ...]
+    extravars: Mapping[str, Any]
+    check: bool = False
+    diff: bool = False
+    tags: tuple[str, ...] = ()
+    skip_tags: tuple[str, ...] = ()
+    limit: str | None = None
+    verbosity: int = 0
+    timeout: int = 0
+    keep_artifacts: int = 5
+    envvars: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """ansible-runner's verdict: successful | failed | timeout | canceled, and rc."""
+
+    status: str
+    rc: int
+    artifact_dir: Path
+
+
+def run(spec: RunSpec, *, event_handler: Callable[[dict[str, Any]], bool],
+        cancel_callback: Callable[[], bool]) -> RunOutcome:
+    """Run the playbooks; events go to ``event_handler`` as they arrive."""
+    import ansible_runner  # ~0.25 s; not needed by plan/status
+
+    kwargs = runner_kwargs(spec)
+    artifact_dir = spec.private_dir / "artifacts" / spec.run_id
+    scrubbed = False
+
+    def on_event(event: dict[str, Any]) -> bool:
+        nonlocal scrubbed
+        if not scrubbed:  # the command file exists once the first event arrives
+            scrubbed = scrub_command_artifact(artifact_dir)
+        return event_handler(event)
+
+    try:
+        result = ansible_runner.run(**kwargs, event_handler=on_event,
+                                    cancel_callback=cancel_callback)
+    except Exception as exc:
+        raise RunError(f"ansible-runner could not run the play: {exc}",
+                       hint="run with -v for details; check ansible-core is installed") from exc
+    finally:
+        scrub_command_artifact(artifact_dir)
+    return RunOutcome(status=str(result.status), rc=int(result.rc or 0),
+                      artifact_dir=artifact_dir)
+
+
+def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
+    """The one place that maps a RunSpec to ``ansible_runner.run`` arguments."""
+    cmdline = [*(["--check"] if spec.check else []), *(["--diff"] if spec.diff else [])]
+    kwargs: dict[str, Any] = {
+        "private_data_dir": str(spec.private_dir),
+        "project_dir": str(spec.project_dir),
+        "ident": spec.run_id,
+        "playbook": str(_entry_playbook(spec)),
+        "inventory": [str(p) for p in _inventories(spec)],
+        "extravars": dict(spec.extravars),
+        "envvars": _envvars(spec),
+        "cmdline": " ".join(cmdline) or None,
+        "tags": ",".join(spec.tags) or None,
+        "skip_tags": ",".join(spec.skip_tags) or None,
+        "limit": spec.limit,
+        "verbosity": spec.verbosity or None,
+        "timeout": spec.timeout or None,
+        "rotate_artifacts": max(spec.keep_artifacts, 1),
+        "quiet": True,
+        # Otherwise ansible-runner writes extravars/envvars to env/ and then
+        # silently reuses those files on the next run.
+        "suppress_env_files": True,
+        "settings": {"pexpect_timeout": POLL_SECONDS},
+    }
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _entry_playbook(spec: RunSpec) -> Path:
+    if len(spec.playbooks) == 1:
+        return spec.playbooks[0]
+    # Several roles: one ansible-playbook process, one stats block, plays in order.
+    wrapper = spec.private_dir / "playbooks" / f"{spec.run_id}.yml"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text(yaml.safe_dump([{"import_playbook": str(p)} for p in spec.playbooks]),
+                       encoding="utf-8")
+    return wrapper
+
+
+def _inventories(spec: RunSpec) -> list[Path]:
+    # Our localhost comes first so that the tree's own inventory can override it.
+    base = spec.private_dir / "inventory" / "pullboot-localhost.yml"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local",
+        # Discovery can pick a broken shim; the interpreter running us works.
+        "ansible_python_interpreter": sys.executable,
+    }}}}), encoding="utf-8")
+    found = [base]
+    tree_inventory = spec.project_dir / "inventory"
+    if tree_inventory.exists():
+        found.append(tree_inventory)
+    return found
+
+
+def _envvars(spec: RunSpec) -> dict[str, str]:
+    tmp = spec.private_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {
+        # ansible-runner finds ansible-playbook on PATH: use the one beside us.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCAL_TEMP": str(tmp),
+        "ANSIBLE_REMOTE_TEMP": str(tmp),
+    }
+    cfg = spec.project_dir / "ansible.cfg"
+    if cfg.is_file():
+        env["ANSIBLE_CONFIG"] = str(cfg)
+    if not _cfg_sets(cfg, "roles_path"):
+        roles = [spec.project_dir / "roles", spec.project_dir / ".pullboot" / "roles"]
+        env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(str(p) for p in roles)
+    env.update(spec.envvars)
+    return env
+
+
+def _cfg_sets(cfg: Path, key: str) -> bool:
+    if not cfg.is_file():
+        return False
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(cfg, encoding="utf-8")
+    except configparser.Error:
+        return False
+    return parser.has_option("defaults", key)
+
+
+def scrub_command_artifact(artifact_dir: Path) -> bool:
+    """Drop the environment from ansible-runner's ``command`` artifact; True if done."""
+    path = artifact_dir / "command"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if isinstance(data, dict) and "env" in data:
+        data["env"] = "(removed by pullboot: the environment is not kept on disk)"
+        tmp = path.with_name(".command.tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return True
+
+
+def scrub_all_artifacts(private_dir: Path) -> None:
+    """Scrub every artifact dir (a killed run may have left its env behind)."""
+    artifacts = private_dir / "artifacts"
+    if artifacts.is_dir():
+        for child in artifacts.iterdir():
+            scrub_command_artifact(child)

@@ -1,0 +1,211 @@
+"""The state dir: runs, releases, caches, and the ``current`` release pointer.
+
+Layout under ``state_dir``::
+
+    runs/<run-id>/{report.json,events.jsonl}   one dir per run, newest kept
+    releases/<release-id>/                      fetched trees, fully written
+    releases/.staging-*                         trees being written (never run)
+    current -> releases/<release-id>            switched atomically (symlink rename)
+    cache/<kind>/...                            git clones, downloaded bundles
+    runner/                                     ansible-runner's private data dir
+
+A release dir appears only by ``rename`` of a complete staging dir and
+``current`` moves only by renaming a new symlink over it, so a crash at any
+moment leaves either the old or the new release, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pullboot.errors import StateError
+
+log = logging.getLogger(__name__)
+
+_RELEASE_RE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """Sortable, unique: ``20261128T042500Z-1a2b3c``."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def release_id(kind: str, revision: str) -> str:
+    """A dir name for a revision: safe characters only, bounded length."""
+    clean = _RELEASE_RE.sub("_", revision)
+    if len(clean) > 64:
+        import hashlib
+
+        clean = clean[:40] + "-" + hashlib.sha256(revision.encode()).hexdigest()[:16]
+    return f"{kind}-{clean}"
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """Paths under one state dir. Construction does no I/O; :meth:`prepare` does."""
+
+    root: Path
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def runner(self) -> Path:
+        return self.root / "runner"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current"
+
+    def prepare(self) -> None:
+        """Create the layout (mode 0700: reports and caches may be sensitive)."""
+        try:
+            for path in (self.root, self.runs, self.releases, self.cache, self.runner):
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StateError(f"state dir {self.root} is not writable: {exc.strerror}",
+                             hint="run as root, or pass --state-dir / PULLBOOT_STATE_DIR "
+                             "pointing at a writable directory") from exc
+
+    def run_dir(self, run_id: str) -> Path:
+        path = self.runs / run_id
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+
+    # -- releases -------------------------------------------------------------
+
+    def staging(self) -> Path:
+        """A fresh, empty staging dir inside releases/ (same filesystem: rename is atomic)."""
+        path = self.releases / f".staging-{os.getpid()}-{secrets.token_hex(4)}"
+        path.mkdir(mode=0o700)
+        return path
+
+    def release(self, rid: str) -> Path:
+        return self.releases / rid
+
+    def commit_release(self, staging: Path, rid: str) -> Path:
+        """Move a complete staging dir into place as release ``rid`` (idempotent)."""
+        target = self.release(rid)
+        _fsync_tree(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            # Same revision committed before: keep the existing one.
+            shutil.rmtree(staging, ignore_errors=True)
+        _fsync_dir(self.releases)
+        return target
+
+    def switch_current(self, rid: str) -> None:
+        """Point ``current`` at release ``rid`` with one atomic rename."""
+        tmp = self.root / f".current-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path("releases") / rid)
+        tmp.replace(self.current)
+        _fsync_dir(self.root)
+        log.debug("current -> releases/%s", rid)
+
+    def current_release(self) -> str | None:
+        """The release id ``current`` points at, if it points at a complete release."""
+        try:
+            target = os.readlink(self.current)
+        except OSError:
+            return None
+        rid = Path(target).name
+        return rid if self.release(rid).is_dir() else None
+
+    def clean_leftovers(self) -> None:
+        """Remove staging dirs and temp links left by killed runs."""
+        for path in self.releases.glob(".staging-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.root.glob(".current-*"):
+            path.unlink(missing_ok=True)
+
+    def prune_releases(self, keep: int, protect: set[str]) -> None:
+        """Keep the ``keep`` newest releases plus those in ``protect``."""
+        rels = sorted((p for p in self.releases.iterdir()
+                       if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in rels[max(keep, 1):]:
+            if path.name not in protect:
+                shutil.rmtree(path, ignore_errors=True)
+
+    # -- runs -----------------------------------------------------------------
+
+    def prune_runs(self, keep: int) -> None:
+        """Keep the ``keep`` newest run dirs (run ids sort by time)."""
+        runs = sorted(p for p in self.runs.iterdir() if p.is_dir())
+        for path in runs[: max(len(runs) - max(keep, 1), 0)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def reports(self) -> Iterator[dict[str, Any]]:
+        """Reports of past runs, newest first; unreadable ones are skipped."""
+        if not self.runs.is_dir():
+            return
+        for path in sorted(self.runs.iterdir(), reverse=True):
+            try:
+                yield json.loads((path / "report.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    # Data must be on disk before the rename that publishes it; otherwise a
+    # power cut can leave a "complete" release with empty files.
+    started = time.monotonic()
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+    log.debug("fsync of %s took %.3fs", root, time.monotonic() - started)
