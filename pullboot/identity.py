@@ -79,9 +79,9 @@ def read_identity(client: ImdsClient, *, read_tags: bool) -> Identity:
         else:
             for key in filter(None, keys.splitlines()):
                 path = f"/latest/meta-data/tags/instance/{quote(key, safe=':@=,+')}"
-                value = client.get_text(path)
-                if value is not None:
-                    tags[key] = value
+                raw = client.get(path)  # not stripped: tag values are verbatim
+                if raw is not None:
+                    tags[key] = raw.decode("utf-8", "replace")
             tags_from = "imds"
     else:
         note = "reading tags from IMDS is off (imds.tags: false)"
