@@ -69,6 +69,58 @@ SCHEMA: Final[tuple[Option, ...]] = (
     Option("run.verbosity", "int", 0, "ansible verbosity (0-4)"),
     Option("run.timeout", "int", 0, "job timeout in seconds (0: none)"),
     Option("run.keep_artifacts", "int", 5, "ansible-runner artifact dirs kept"),
+    # -- sources (integrity, auth, retries) --
+    Option("fetch.retry_budget", "float", 60.0, "seconds to keep retrying an unreachable "
+           "source before falling back"),
+    Option("git.full", "bool", False, "full clone instead of a shallow one"),
+    Option("git.submodules", "bool", False, "fetch submodules too"),
+    Option("git.ssh_key", "opt-str", None, "deploy key: a path, ssm:NAME or secretsmanager:ID"),
+    Option("git.known_hosts", "opt-str", None, "known_hosts file for strict host-key checks"),
+    Option("git.accept_new_host_key", "bool", False, "trust an unknown SSH host key on first "
+           "use (explicit opt-in)"),
+    Option("git.token", "opt-str", None, "HTTPS token: ssm:NAME, secretsmanager:ID or env:VAR"),
+    Option("git.token_user", "str", "x-access-token", "user name sent with the HTTPS token"),
+    Option("git.verify_commit", "bool", False, "refuse commits without an allowed signature"),
+    Option("git.allowed_signers", "list", [], "GPG fingerprints or SSH public keys allowed to "
+           "sign"),
+    Option("git.gpg_keys", "list", [], "armored GPG public key files to verify with"),
+    Option("s3.version_id", "opt-str", None, "pin the bundle to this S3 version"),
+    Option("s3.checksum", "choice", "auto", "verify sha256: auto (when published), required, "
+           "off", ("auto", "required", "off")),
+    Option("s3.signature_keys", "list", [], "Ed25519 public keys (PEM files or base64) for "
+           "<key>.sig"),
+    Option("s3.require_signature", "bool", False, "refuse bundles without a valid signature"),
+    Option("s3.max_bytes", "int", 1 << 30, "largest extracted bundle size"),
+    Option("s3.max_members", "int", 100_000, "most members in a bundle"),
+    Option("galaxy.enabled", "bool", True, "install the tree's requirements.yml into the "
+           "release"),
+    # -- boot integration --
+    Option("lock.wait", "float", 0.0, "seconds to wait for another run's lock (0: exit 75)"),
+    Option("splay", "float", 0.0, "random delay in seconds before fetching"),
+    Option("splay_stable", "bool", False, "derive the splay from the instance id"),
+    Option("splay_first_boot", "bool", False, "splay the first boot run too"),
+    Option("status_file", "str", "/run/pullboot/status.json", "live phase/status of the run"),
+    Option("signals.lifecycle_hook", "opt-str", None, "Auto Scaling lifecycle hook to complete"),
+    Option("signals.lifecycle_group", "opt-str", None, "Auto Scaling group (default: the "
+           "aws:autoscaling:groupName tag)"),
+    Option("signals.on_failure", "choice", "ABANDON", "lifecycle result for a failed run",
+           ("ABANDON", "CONTINUE")),
+    Option("signals.heartbeat_interval", "float", 300.0, "seconds between lifecycle "
+           "heartbeats during a run"),
+    Option("signals.cloudformation", "bool", False, "send cfn SignalResource"),
+    Option("signals.cfn_stack", "opt-str", None, "stack (default: aws:cloudformation:stack-name "
+           "tag)"),
+    Option("signals.cfn_resource", "opt-str", None, "logical id (default: "
+           "aws:cloudformation:logical-id tag)"),
+    Option("signals.tags", "bool", False, "write pullboot:status/revision/run-id tags"),
+    Option("signals.budget", "float", 60.0, "seconds to keep retrying a signal"),
+    Option("signals.strict", "bool", False, "a failed signal fails the run"),
+    Option("results.s3", "opt-str", None, "ship reports to s3://bucket/prefix (templated)"),
+    Option("results.timeout", "float", 20.0, "most seconds shipping may add to a run"),
+    Option("secret_vars", "dict", {}, "vars fetched at run time: name -> ssm:NAME or "
+           "secretsmanager:ID"),
+    Option("vault_password", "opt-str", None, "ansible-vault password: ssm:NAME or "
+           "secretsmanager:ID"),
 )
 OPTIONS: Final[dict[str, Option]] = {o.key: o for o in SCHEMA}
 # Short names accepted in config, user-data and tags.

@@ -47,6 +47,12 @@ class Request:
     environ: Mapping[str, str] | None = None
     on_event: Callable[[Mapping[str, Any]], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Called with each phase name (resolve, fetch, run, report) as the run
+    # proceeds; boot integration writes the live status file from it.
+    on_phase: Callable[[str, str], None] | None = None
+    # Called once identity and roles are known, before anything is fetched
+    # (splay, lifecycle heartbeats start here).
+    before_fetch: Callable[[Resolution], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,15 @@ def run(req: Request) -> RunResult:
     run_id = new_run_id()
     ctx = _RunContext(run_id=run_id, started_at=started_at, started=started)
     try:
+        _phase(req, "resolve", run_id)
         res = resolve(req)
         ctx.resolution = res
         res.state.prepare()
         ctx.run_dir = res.state.run_dir(run_id)
+        if req.before_fetch is not None:
+            req.before_fetch(res)
         _check_cancel(req)
+        _phase(req, "fetch", run_id)
         release = fetch.fetch_release(res)
         ctx.source = release.info
         _check_cancel(req)
@@ -128,6 +138,7 @@ def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Any,
     events_path = ctx.run_dir / "events.jsonl"
     ctx.events_file = str(events_path)
     runner.scrub_all_artifacts(res.state.runner)
+    _phase(req, "run", ctx.run_id)
     with EventRecorder(events_path, redact=Redactor(), on_event=req.on_event) as rec:
         ctx.recorder = rec
         outcome = runner.run(spec, event_handler=rec, cancel_callback=req.cancel.is_set)
@@ -196,6 +207,7 @@ class _RunContext:
 
 def _finish(ctx: _RunContext, req: Request, *, status: str, exit_code: int,
             error: PullbootError | None = None) -> RunResult:
+    _phase(req, "report", ctx.run_id)
     res = ctx.resolution
     rec = ctx.recorder
     report = Report(
@@ -319,6 +331,12 @@ def _log_origins(settings: config.Settings) -> None:
 def _cli_layer(req: Request) -> config.Layer:
     return config.Layer("cli", {key: config.coerce(key, value, where="the command line")
                                 for key, value in req.cli.items()})
+
+
+def _phase(req: Request, phase: str, run_id: str) -> None:
+    log.debug("phase %s", phase)
+    if req.on_phase is not None:
+        req.on_phase(phase, run_id)
 
 
 def _check_cancel(req: Request) -> None:
