@@ -71,6 +71,10 @@ class IntegrityError(SourceError):
     """Fetched content failed a checksum, signature or safety check: never run it."""
 
 
+class AuthError(SourceError):
+    """The source refused our credentials or host key: never retried, never silent."""
+
+
 class PlaybookError(SourceError):
     """The fetched tree has no playbook for a resolved role."""
 

@@ -1,25 +1,39 @@
 """Fetch step: from a source URL to a complete release dir and the ``current`` switch.
 
-The tree a play runs from is always a committed ``releases/<id>/`` dir,
-addressed by its own path (not through ``current``), so a later switch never
-changes files under a running play.
+* Transient failures (network, DNS, 5xx, timeouts) are retried with
+  exponential backoff and jitter within ``fetch.retry_budget``; then, with
+  ``on_source_failure: last-good``, the release of the last successful run is
+  used and marked stale. Integrity and auth failures are never retried and
+  never fall back silently: they fail the run (exit 4).
+* The tree a play runs from is always a committed ``releases/<id>/`` dir,
+  addressed by its own path (not through ``current``), so a later switch
+  never changes files under a running play.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import random
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pullboot import sources
-from pullboot.errors import ConfigError
+from pullboot import __version__, galaxy, sources
+from pullboot.errors import ConfigError, TransientSourceError
 from pullboot.pipeline import Resolution
 from pullboot.report import SourceInfo
 from pullboot.state import release_id
 
 log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 10.0
 
 
 @dataclass(frozen=True)
@@ -39,36 +53,109 @@ def make_source(res: Resolution) -> sources.Source:
             hint="pass --source URL, set 'source:' in the config file or user-data, "
             "or tag the instance 'pullboot:source'",
         )
-    spec = sources.SourceSpec(
-        url=url, ref=res.settings.get("ref"), roles=tuple(r.name for r in res.roles),
-        options={"region": res.identity.region},
-    )
+    options: dict[str, Any] = {
+        key: r.value for key, r in res.settings.resolved.items()
+        if key.startswith(("git.", "s3.", "fetch."))
+    }
+    options["region"] = res.identity.region
+    spec = sources.SourceSpec(url=url, ref=res.settings.get("ref"),
+                              roles=tuple(r.name for r in res.roles), options=options)
     return sources.create(spec, res.state.cache)
 
 
-def fetch_release(res: Resolution, *, switch: bool = True) -> Release:
-    """Fetch the source, commit it as a release, and (if ``switch``) point ``current`` at it."""
+def with_retries(what: str, attempt: Callable[[], str], *, budget: float,
+                 cancel: Callable[[], bool] = lambda: False,
+                 sleep: Callable[[float], None] = time.sleep) -> str:
+    """Call ``attempt`` until it succeeds, retrying TransientSourceError within ``budget`` s."""
+    deadline = time.monotonic() + budget
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return attempt()
+        except TransientSourceError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0 or cancel():
+                raise
+            delay = min(left, random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** tries)))
+            log.warning("%s failed (%s); retry %d in %.1fs", what, exc.message, tries, delay)
+            sleep(delay)
+
+
+def fetch_release(res: Resolution, *, switch: bool = True,
+                  cancel: Callable[[], bool] = lambda: False) -> Release:
+    """Fetch the source, commit it as a release, and (if ``switch``) point ``current`` at it.
+
+    Falls back to the last good release on a transient failure when allowed.
+    """
     state = res.state
     src = make_source(res)
     state.clean_leftovers()
-    revision = src.fetch()
+    try:
+        revision = with_retries(f"fetch of {src.display_url}", src.fetch,
+                                budget=res.settings.get("fetch.retry_budget"), cancel=cancel)
+    except TransientSourceError as exc:
+        return _last_good_or_raise(res, src, exc)
     rid = release_id(src.kind, revision)
     target = state.release(rid)
     if target.is_dir():
         log.info("release %s already present; not exported again", rid)
         os.utime(target)  # keep it newest for pruning
     else:
-        staging = state.staging()
-        try:
-            src.export(staging)
-            state.commit_release(staging, rid)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        _build_release(res, src, rid)
     if switch:
         state.switch_current(rid)
-        state.prune_releases(res.settings.get("keep_releases"), protect={rid})
+        protect = {rid, state.last_good_release() or ""}
+        state.prune_releases(res.settings.get("keep_releases"), protect=protect)
     info = SourceInfo(url=src.display_url, kind=src.kind, ref=res.settings.get("ref"),
                       revision=revision, release=rid)
     log.info("source %s (%s) at %s -> release %s", info.url, info.kind, revision, rid)
     return Release(tree=target, info=info)
+
+
+def _build_release(res: Resolution, src: sources.Source, rid: str) -> None:
+    staging = res.state.staging()
+    try:
+        src.export(staging)
+        if res.settings.get("galaxy.enabled"):
+            galaxy.install_requirements(staging, cache=res.state.cache / "galaxy")
+        res.state.commit_release(staging, rid)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _last_good_or_raise(res: Resolution, src: sources.Source,
+                        exc: TransientSourceError) -> Release:
+    rid = res.state.last_good_release()
+    if res.settings.get("on_source_failure") != "last-good" or rid is None:
+        if rid is None:
+            exc.hint = f"{exc.hint or ''} (no last good release to fall back to)".strip()
+        raise exc
+    record = res.state.last_success() or {}
+    log.warning("source unreachable (%s); running the last good release %s", exc.message, rid)
+    info = SourceInfo(url=src.display_url, kind=src.kind, ref=res.settings.get("ref"),
+                      revision=record.get("revision"), release=rid, stale=True,
+                      stale_reason=exc.message)
+    return Release(tree=res.state.release(rid), info=info)
+
+
+def change_digest(res: Resolution, revision: str | None) -> str:
+    """What must be equal for a run to count as unchanged: revision, roles, vars, options."""
+    settings = res.settings
+    material = {
+        "source": settings.get("source"), "ref": settings.get("ref"), "revision": revision,
+        "roles": [r.name for r in res.roles], "vars": settings.var_values(),
+        "version": __version__,
+        "options": {k: settings.get(k) for k in ("run.check", "run.diff", "run.tags",
+                                                 "run.skip_tags", "run.limit")},
+    }
+    blob = json.dumps(material, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def remote_revision(res: Resolution) -> str:
+    """The source's current revision by the cheapest means (ls-remote, HEAD); no download."""
+    src = make_source(res)
+    return with_retries(f"revision check of {src.display_url}", src.remote_revision,
+                        budget=min(res.settings.get("fetch.retry_budget"), 10.0))

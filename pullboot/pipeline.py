@@ -106,11 +106,16 @@ def run(req: Request) -> RunResult:
         ctx.resolution = res
         res.state.prepare()
         ctx.run_dir = res.state.run_dir(run_id)
+        if res.settings.get("only_if_changed"):
+            unchanged = _unchanged(res)
+            if unchanged is not None:
+                ctx.source = unchanged
+                return _finish(ctx, req, status="unchanged", exit_code=0)
         if req.before_fetch is not None:
             req.before_fetch(res)
         _check_cancel(req)
         _phase(req, "fetch", run_id)
-        release = fetch.fetch_release(res)
+        release = fetch.fetch_release(res, cancel=req.cancel.is_set)
         ctx.source = release.info
         _check_cancel(req)
         books = _select(res, release.tree)
@@ -143,7 +148,44 @@ def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Any,
         ctx.recorder = rec
         outcome = runner.run(spec, event_handler=rec, cancel_callback=req.cancel.is_set)
     status = outcome.status if outcome.status in EXIT_FOR_STATUS else "failed"
+    if status == "successful" and not settings.get("run.check") and not release.info.stale:
+        from pullboot.fetch import change_digest
+
+        res.state.record_success(release.info.release, {
+            "digest": change_digest(res, release.info.revision), "run_id": ctx.run_id,
+            "revision": release.info.revision, "release": release.info.release,
+            "roles": [r.name for r in res.roles], "finished_at": _now(),
+        })
     return _finish(ctx, req, status=status, exit_code=EXIT_FOR_STATUS[status])
+
+
+def _unchanged(res: Resolution) -> SourceInfo | None:
+    """Source info if nothing changed since the last *successful* run, else None.
+
+    Costs one cheap remote check (ls-remote, S3 HEAD) and starts no ansible
+    process. Failed, canceled and timed-out runs never record success, so they
+    are retried at the next invocation even without a new revision.
+    """
+    from pullboot import fetch
+
+    last = res.state.last_success()
+    rid = res.state.last_good_release()
+    if not last or rid is None:
+        log.info("only-if-changed: no successful run recorded yet; running")
+        return None
+    try:
+        revision = fetch.remote_revision(res)
+    except PullbootError as exc:
+        log.warning("only-if-changed: revision check failed (%s); running anyway", exc.message)
+        return None
+    if fetch.change_digest(res, revision) != last.get("digest"):
+        log.info("only-if-changed: changed since run %s; running", last.get("run_id"))
+        return None
+    log.info("only-if-changed: revision %s, roles and vars as in run %s; nothing to do",
+             revision, last.get("run_id"))
+    src = fetch.make_source(res)
+    return SourceInfo(url=src.display_url, kind=src.kind, ref=res.settings.get("ref"),
+                      revision=revision, release=rid)
 
 
 @dataclass(frozen=True)
@@ -174,7 +216,7 @@ def plan(req: Request) -> Plan:
     current = res.state.current_release()
     release = fetch.fetch_release(res, switch=False)
     books = _select(res, release.tree)
-    changed = current != release.info.release
+    would_run, reason = _would_run(res, release.info)
     shown = {k: {"value": r.value, "origin": r.origin} for k, r in res.settings.resolved.items()
              if k != "vars"}
     return Plan(
@@ -183,11 +225,26 @@ def plan(req: Request) -> Plan:
         settings=shown, vars={n: r.origin for n, r in res.settings.vars.items()},
         source=release.info, current_release=current,
         playbooks=[str(p.relative_to(release.tree)) for p in books],
-        would_run=True,
-        reason=("the source has a new revision" if changed and current else
-                "no release has run here yet" if not current else
-                "same revision as the current release; a run converges it again"),
+        would_run=would_run, reason=reason,
     )
+
+
+def _would_run(res: Resolution, info: SourceInfo) -> tuple[bool, str]:
+    from pullboot.fetch import change_digest
+
+    last = res.state.last_success() or {}
+    if info.stale:
+        return True, f"source unreachable ({info.stale_reason}); the last good release would run"
+    if not last:
+        return True, "no successful run recorded since the last failure (or ever)"
+    if change_digest(res, info.revision) != last.get("digest"):
+        what = ("a new revision" if info.revision != last.get("revision")
+                else "other roles, vars or options")
+        return True, f"{what} since the last successful run {last.get('run_id')}"
+    if res.settings.get("only_if_changed"):
+        return False, f"unchanged since the last successful run {last.get('run_id')}"
+    return True, ("unchanged since the last successful run; a run converges again "
+                  "(--only-if-changed would skip it)")
 
 
 @dataclass
@@ -224,6 +281,10 @@ def _finish(ctx: _RunContext, req: Request, *, status: str, exit_code: int,
     )
     path = _write_report(ctx, req, report)
     if res is not None and path is not None:
+        if status in ("failed", "canceled", "timeout", "error") and not res.settings.get(
+                "run.check"):
+            # The next --only-if-changed must run again, even with no new revision.
+            res.state.clear_success()
         res.state.prune_runs(res.settings.get("keep_runs"))
     return RunResult(report=report, report_path=path)
 

@@ -155,6 +155,11 @@ def _envvars(spec: RunSpec) -> dict[str, str]:
     cfg = spec.project_dir / "ansible.cfg"
     if cfg.is_file():
         env["ANSIBLE_CONFIG"] = str(cfg)
+    installed = spec.project_dir / ".pullboot" / "collections"
+    if installed.is_dir():  # requirements.yml installed into the release
+        default = "~/.ansible/collections:/usr/share/ansible/collections"
+        env["ANSIBLE_COLLECTIONS_PATH"] = (
+            f"{installed}{os.pathsep}{os.environ.get('ANSIBLE_COLLECTIONS_PATH', default)}")
     if not _cfg_sets(cfg, "roles_path"):
         roles = [spec.project_dir / "roles", spec.project_dir / ".pullboot" / "roles"]
         env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(str(p) for p in roles)

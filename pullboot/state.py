@@ -78,6 +78,14 @@ class StateDir:
     def current(self) -> Path:
         return self.root / "current"
 
+    @property
+    def last_good(self) -> Path:
+        return self.root / "last-good"
+
+    @property
+    def last_success_file(self) -> Path:
+        return self.root / "last-success.json"
+
     def prepare(self) -> None:
         """Create the layout (mode 0700: reports and caches may be sensitive)."""
         try:
@@ -123,17 +131,44 @@ class StateDir:
 
     def switch_current(self, rid: str) -> None:
         """Point ``current`` at release ``rid`` with one atomic rename."""
-        tmp = self.root / f".current-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(Path("releases") / rid)
-        tmp.replace(self.current)
-        _fsync_dir(self.root)
-        log.debug("current -> releases/%s", rid)
+        self._point(self.current, rid)
 
     def current_release(self) -> str | None:
         """The release id ``current`` points at, if it points at a complete release."""
+        return self._pointed(self.current)
+
+    def last_good_release(self) -> str | None:
+        """The release the last successful run used, if it is still on disk."""
+        return self._pointed(self.last_good)
+
+    def record_success(self, rid: str, record: dict[str, Any]) -> None:
+        """After a successful run: ``last-good`` -> ``rid``, and the change-detection record."""
+        self._point(self.last_good, rid)
+        write_json_atomic(self.last_success_file, record)
+
+    def clear_success(self) -> None:
+        """Forget the change-detection record (after a failed run: retry next time)."""
+        self.last_success_file.unlink(missing_ok=True)
+
+    def last_success(self) -> dict[str, Any] | None:
+        """What :meth:`record_success` stored last, or None."""
         try:
-            target = os.readlink(self.current)
+            data = json.loads(self.last_success_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _point(self, link: Path, rid: str) -> None:
+        tmp = self.root / f".{link.name}-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path("releases") / rid)
+        tmp.replace(link)
+        _fsync_dir(self.root)
+        log.debug("%s -> releases/%s", link.name, rid)
+
+    def _pointed(self, link: Path) -> str | None:
+        try:
+            target = os.readlink(link)
         except OSError:
             return None
         rid = Path(target).name
@@ -143,8 +178,9 @@ class StateDir:
         """Remove staging dirs and temp links left by killed runs."""
         for path in self.releases.glob(".staging-*"):
             shutil.rmtree(path, ignore_errors=True)
-        for path in self.root.glob(".current-*"):
-            path.unlink(missing_ok=True)
+        for pattern in (".current-*", ".last-good-*", ".*.tmp"):
+            for path in self.root.glob(pattern):
+                path.unlink(missing_ok=True)
 
     def prune_releases(self, keep: int, protect: set[str]) -> None:
         """Keep the ``keep`` newest releases plus those in ``protect``."""

@@ -54,6 +54,13 @@ class Source(ABC):
     def export(self, dest: Path) -> None:
         """Write the fetched tree into the empty directory ``dest``."""
 
+    @abstractmethod
+    def remote_revision(self) -> str:
+        """The revision :meth:`fetch` would return now, by the cheapest means (no download).
+
+        Used by ``--only-if-changed`` and ``plan``; must start no ansible process.
+        """
+
 
 _REGISTRY: dict[str, type[Source]] = {}
 

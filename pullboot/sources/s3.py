@@ -1,35 +1,43 @@
 """S3 bundles: ``s3://bucket/path/{role}.tar.gz`` (or ``.zip``).
 
-The key may contain ``{role}``; with several roles, each role's bundle is
-extracted into the same tree in role order (later files win). The revision
-is the object's VersionId when the bucket is versioned, else its ETag.
-Downloads land in the cache under a temporary name and are renamed only
-when complete, so a killed download never looks like a bundle.
+* The key may contain ``{role}``; with several roles, each role's bundle is
+  extracted into the same tree in role order (later files win).
+* Revision: the object's VersionId when the bucket is versioned, else its
+  ETag. ``s3.version_id`` pins one version.
+* A conditional GET on the cached ETag makes an unchanged bundle cost one
+  request and no download (S3 answers 304).
+* Integrity: sha256 from the object's own checksum (``x-amz-checksum-sha256``)
+  or a ``<key>.sha256`` sidecar, and optionally a detached Ed25519 signature
+  ``<key>.sig`` checked against ``s3.signature_keys``. A bundle is moved into
+  the cache only once complete and verified; a failed check leaves the
+  previous verified bundle where it was.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pullboot.archive import extract
-from pullboot.errors import ConfigError, SourceError, TransientSourceError
+from pullboot.archive import Limits, extract
+from pullboot.errors import AuthError, ConfigError, IntegrityError, SourceError
+from pullboot.errors import TransientSourceError as Transient
 from pullboot.sources.base import Source, register
 
 log = logging.getLogger(__name__)
 
-_PERMANENT = {
-    "NoSuchKey": "the bundle does not exist: check the key and {role} in the URL",
+_NOT_FOUND = {"NoSuchKey", "404", "NoSuchVersion"}
+_AUTH = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+         "ExpiredToken", "InvalidToken"}
+_PERMANENT_HINTS = {
     "NoSuchBucket": "the bucket does not exist: check the bucket name",
-    "AccessDenied": "allow s3:GetObject on the bundle in the instance role",
-    "InvalidAccessKeyId": "the credentials are wrong: check the instance profile",
-    "SignatureDoesNotMatch": "the credentials are wrong: check the instance profile",
-    "404": "the bundle does not exist: check the key and {role} in the URL",
-    "403": "allow s3:GetObject on the bundle in the instance role",
+    "InvalidArgument": "check s3.version_id",
 }
 
 
@@ -45,9 +53,12 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 @register
 class S3Source(Source):
-    """Downloads one bundle per distinct key and extracts them in order."""
+    """Downloads one bundle per distinct key, verifies it, extracts them in order."""
 
     kind = "s3"
+
+    def opt(self, name: str) -> Any:
+        return self.spec.options.get(f"s3.{name}")
 
     def keys(self) -> list[str]:
         _, template = parse_s3_url(self.spec.url)
@@ -59,47 +70,230 @@ class S3Source(Source):
         return list(dict.fromkeys(template.replace("{role}", r) for r in self.spec.roles))
 
     def fetch(self) -> str:
-        from pullboot import aws
-
         bucket, _ = parse_s3_url(self.spec.url)
-        s3 = aws.client("s3", region=self.spec.options.get("region"))
-        revisions = [self._download(s3, bucket, key) for key in self.keys()]
+        s3 = self._client()
+        return "+".join(self._fetch_one(s3, bucket, key) for key in self.keys())
+
+    def remote_revision(self) -> str:
+        bucket, _ = parse_s3_url(self.spec.url)
+        s3 = self._client()
+        revisions = []
+        for key in self.keys():
+            args = {"Bucket": bucket, "Key": key, **self._version_arg()}
+            head = self._call(f"s3://{bucket}/{key}", lambda a=args: s3.head_object(**a))
+            revisions.append(_revision(head))
         return "+".join(revisions)
 
     def export(self, dest: Path) -> None:
+        limits = Limits(max_bytes=self.opt("max_bytes") or Limits.max_bytes,
+                        max_members=self.opt("max_members") or Limits.max_members)
         for key in self.keys():
-            extract(self._cached(key), dest, name=key)
+            extract(self._cached(key), dest, name=key, limits=limits)
+
+    # -- internals -------------------------------------------------------------
+
+    def _client(self) -> Any:
+        from pullboot import aws
+
+        return aws.client("s3", region=self.spec.options.get("region"))
+
+    def _version_arg(self) -> dict[str, str]:
+        pin = self.opt("version_id")
+        return {"VersionId": pin} if pin else {}
 
     def _cached(self, key: str) -> Path:
         digest = hashlib.sha256(f"{self.spec.url}\0{key}".encode()).hexdigest()[:16]
         return self.cache_dir / f"{digest}.bundle"
 
-    def _download(self, s3: Any, bucket: str, key: str) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def _fetch_one(self, s3: Any, bucket: str, key: str) -> str:
         target = self._cached(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.part-{os.getpid()}")
+        meta_path = target.with_suffix(".json")
+        meta = _read_meta(meta_path) if target.is_file() else None
+        pin = self.opt("version_id")
+        if meta and pin and meta.get("version_id") == pin:
+            return str(meta["revision"])  # a pinned version never changes
         url = f"s3://{bucket}/{key}"
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED",
+                                **self._version_arg()}
+        if meta and not pin and meta.get("etag"):
+            args["IfNoneMatch"] = meta["etag"]
+        resp = self._call(url, lambda: s3.get_object(**args), not_modified_ok=True)
+        if resp is None:
+            log.info("s3 %s unchanged (304); using the cached bundle", url)
+            assert meta is not None
+            return str(meta["revision"])
+        partial = target.with_name(f"{target.name}.part-{os.getpid()}")
         try:
-            resp = s3.get_object(Bucket=bucket, Key=key)
+            digest = self._download(resp, partial, url)
+            self._verify(s3, bucket, key, resp=resp, digest=digest, partial=partial)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        revision = _revision(resp)
+        _write_meta(meta_path, {"etag": resp.get("ETag"), "version_id": resp.get("VersionId"),
+                                "revision": revision, "key": key})
+        log.info("s3 %s is %s", url, revision)
+        return revision
+
+    def _download(self, resp: Any, partial: Path, url: str) -> hashlib._Hash:
+        from botocore.exceptions import BotoCoreError
+
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        try:
             with partial.open("wb") as out:
                 for chunk in resp["Body"].iter_chunks(1 << 20):
+                    digest.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            partial.replace(target)
-        except ClientError as exc:
-            partial.unlink(missing_ok=True)
-            code = str(exc.response.get("Error", {}).get("Code", "?"))
-            if code in _PERMANENT:
-                raise SourceError(f"{url}: {code}", hint=_PERMANENT[code]) from None
-            raise TransientSourceError(f"{url}: {code}", hint="S3 may be throttling or "
-                                       "unavailable; it will be retried") from None
         except (BotoCoreError, OSError) as exc:
-            partial.unlink(missing_ok=True)
-            raise TransientSourceError(f"{url} could not be downloaded: {exc}",
-                                       hint="check the network path to S3") from None
-        revision = resp.get("VersionId") or str(resp.get("ETag", "")).strip('"')
-        log.info("s3 %s is %s", url, revision)
-        return str(revision)
+            raise Transient(f"{url}: download interrupted ({exc})",
+                            hint="the network dropped mid-download; it will be retried") from None
+        return digest
+
+    def _verify(self, s3: Any, bucket: str, key: str, *, resp: Any, digest: hashlib._Hash,
+                partial: Path) -> None:
+        url = f"s3://{bucket}/{key}"
+        mode = self.opt("checksum") or "auto"
+        if mode != "off":
+            expected = _published_sha256(resp) or self._sidecar_sha256(s3, bucket, key)
+            if expected is None and mode == "required":
+                raise IntegrityError(f"{url} has no published sha256",
+                                     hint=f"upload with --checksum-algorithm SHA256 or add "
+                                     f"{key}.sha256, or set s3.checksum: auto")
+            if expected is not None and expected != digest.hexdigest():
+                raise IntegrityError(f"{url}: sha256 mismatch (expected {expected[:16]}..., "
+                                     f"got {digest.hexdigest()[:16]}...)",
+                                     hint="the bundle was altered or truncated; re-publish it")
+        keys = self.opt("signature_keys") or []
+        if keys or self.opt("require_signature"):
+            self._verify_signature(s3, bucket, key, partial, keys)
+
+    def _sidecar_sha256(self, s3: Any, bucket: str, key: str) -> str | None:
+        body = self._small_object(s3, bucket, f"{key}.sha256")
+        if body is None:
+            return None
+        token = body.decode("ascii", "replace").split()[:1]
+        if not token or len(token[0]) != 64:
+            raise IntegrityError(f"s3://{bucket}/{key}.sha256 is not in sha256sum format",
+                                 hint="write it as '<64 hex chars>  <file name>'")
+        return token[0].lower()
+
+    def _verify_signature(self, s3: Any, bucket: str, key: str, partial: Path,
+                          keys: list[str]) -> None:
+        from cryptography.exceptions import InvalidSignature
+
+        url = f"s3://{bucket}/{key}"
+        sig = self._small_object(s3, bucket, f"{key}.sig")
+        if sig is None:
+            if self.opt("require_signature"):
+                raise IntegrityError(f"{url} has no signature {key}.sig",
+                                     hint="sign the bundle (Ed25519) and upload <key>.sig")
+            log.warning("%s has no signature; accepted (s3.require_signature is off)", url)
+            return
+        signature = _decode_signature(sig)
+        data = partial.read_bytes()
+        for public in (load_public_key(k) for k in keys):
+            try:
+                public.verify(signature, data)
+            except InvalidSignature:
+                continue
+            log.info("%s signature verified", url)
+            return
+        raise IntegrityError(f"{url}: signature does not match any key in s3.signature_keys",
+                             hint="the bundle was altered, or it was signed with another key")
+
+    def _small_object(self, s3: Any, bucket: str, key: str) -> bytes | None:
+        resp = self._call(f"s3://{bucket}/{key}", lambda: s3.get_object(Bucket=bucket, Key=key),
+                          missing_ok=True)
+        return None if resp is None else bytes(resp["Body"].read(1 << 16))
+
+    def _call(self, url: str, call: Any, *, not_modified_ok: bool = False,
+              missing_ok: bool = False) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return call()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "?"))
+            if not_modified_ok and code in ("304", "NotModified"):
+                return None
+            if missing_ok and code in _NOT_FOUND:
+                return None
+            if code in _NOT_FOUND:
+                raise SourceError(f"{url}: {code}", hint="the bundle does not exist: check "
+                                  "the key, {role} in the URL and s3.version_id") from None
+            if code in _AUTH:
+                raise AuthError(f"{url}: {code}", hint="allow s3:GetObject (and "
+                                "s3:GetObjectVersion) on the bundle in the instance role") from None
+            if code in _PERMANENT_HINTS:
+                raise SourceError(f"{url}: {code}", hint=_PERMANENT_HINTS[code]) from None
+            raise Transient(f"{url}: {code}", hint="S3 is throttling or unavailable") from None
+        except BotoCoreError as exc:
+            raise Transient(f"{url}: {exc}", hint="check the network path to S3") from None
+
+
+def _revision(resp: Any) -> str:
+    return str(resp.get("VersionId") or str(resp.get("ETag", "")).strip('"'))
+
+
+def _published_sha256(resp: Any) -> str | None:
+    value = resp.get("ChecksumSHA256")
+    if not value or "-" in str(value):  # "-N": a multipart composite, not the object's hash
+        return None
+    try:
+        return base64.b64decode(value).hex()
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _decode_signature(raw: bytes) -> bytes:
+    if len(raw) == 64:
+        return raw
+    try:
+        decoded = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != 64:
+        raise IntegrityError("bundle signature is not a 64-byte Ed25519 signature "
+                             "(raw or base64)", hint="sign with Ed25519 and upload the "
+                             "signature as <key>.sig")
+    return decoded
+
+
+def load_public_key(spec: str) -> Any:
+    """An Ed25519 public key from a PEM file path, inline PEM, or base64 of the 32 raw bytes."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text = spec.strip()
+    try:
+        if text.startswith("-----BEGIN"):
+            key = load_pem_public_key(text.encode())
+        elif Path(text).is_file():
+            key = load_pem_public_key(Path(text).read_bytes())
+        else:
+            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"s3.signature_keys entry {text[:40]!r} is not an Ed25519 public "
+                          f"key ({exc})", hint="give a PEM file, inline PEM, or base64 of "
+                          "the 32-byte key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"s3.signature_keys entry {text[:40]!r} is not Ed25519",
+                          hint="only Ed25519 signatures are supported")
+    return key
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(meta), encoding="utf-8")
+    tmp.replace(path)
