@@ -98,7 +98,8 @@ def _extract_zip(archive: Path, dest: Path, bundle: str, limits: Limits) -> None
         for info in infos:
             check_member_name(info.filename, bundle)
             mode = info.external_attr >> 16
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            # Some writers store permission bits without a file type: that is a file.
+            if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise IntegrityError(f"bundle {bundle!r} has a link or special file "
                                      f"{info.filename!r}", hint="zip bundles may hold only "
                                      "files and dirs; use .tar.gz for links")

@@ -70,7 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", parents=[common], help="show what a run would do; run nothing",
                           epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     plan.set_defaults(func=cmd_plan)
-    status = sub.add_parser("status", help="the last runs recorded in the state dir")
+    cfg = sub.add_parser("config", help="list every setting, or check a config file",
+                         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cfg.add_argument("--check", metavar="FILE", help="validate FILE and exit 0 or 2")
+    cfg.add_argument("--json", action="store_true", help="print JSON")
+    cfg.add_argument("-v", "--verbose", action="count", default=0)
+    cfg.set_defaults(func=cmd_config)
+    status = sub.add_parser("status", help="the last runs recorded in the state dir",
+                            epilog=EXIT_CODES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     status.add_argument("--state-dir", metavar="DIR", help="default: $PULLBOOT_STATE_DIR or "
                         "/var/lib/pullboot")
     status.add_argument("--config", metavar="FILE", help="config file (for state_dir)")
@@ -106,6 +114,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-tags", action="append", metavar="TAGS", help="skip these tags")
     p.add_argument("--limit", metavar="PATTERN", help="limit the play to these hosts")
     p.add_argument("--timeout", type=int, metavar="SECONDS", help="job timeout (0: none)")
+    p.add_argument("--only-if-changed", action="store_true", default=None,
+                   help="skip the run (status unchanged, exit 0) when the source revision, "
+                   "roles, vars and options equal the last successful run's")
 
 
 # -- commands ----------------------------------------------------------------
@@ -121,6 +132,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         restore()
     report = result.report
+    if report.error:  # errors also go to stderr, where logs and journald look
+        sys.stderr.write(f"pullboot: error: {report.error['message']}\n")
+        if report.error.get("hint"):
+            sys.stderr.write(f"pullboot: fix: {report.error['hint']}\n")
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -157,6 +172,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.check:
+        layer = config.load_file(Path(args.check), required=True)
+        sys.stdout.write(f"{args.check}: ok ({len(layer.values)} settings)\n")
+        return 0
+    rows = [{"key": o.key, "type": o.kind if o.kind != "choice" else "|".join(o.choices),
+             "default": o.default, "env": config.ENV_PREFIX + o.key.upper().replace(".", "_"),
+             "help": o.help} for o in config.SCHEMA]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    width = max(len(r["key"]) for r in rows)
+    for r in rows:
+        sys.stdout.write(f"{r['key']:<{width}}  {r['type']:<9} default {r['default']!r}\n"
+                         f"{'':<{width}}  {r['help']}\n")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from pullboot.state import StateDir
 
@@ -184,7 +218,8 @@ def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
     cli: dict[str, Any] = {}
     for attr, key in (("state_dir", "state_dir"), ("source", "source"), ("ref", "ref"),
                       ("limit", "run.limit"), ("timeout", "run.timeout"),
-                      ("check", "run.check"), ("diff", "run.diff")):
+                      ("check", "run.check"), ("diff", "run.diff"),
+                      ("only_if_changed", "only_if_changed")):
         value = getattr(args, attr, None)
         if value is not None:
             cli[key] = value

@@ -218,8 +218,8 @@ def _did_you_mean(key: str) -> str:
     known = sorted(set(OPTIONS) | set(ALIASES))
     close = difflib.get_close_matches(key, known, n=1)
     if close:
-        return f"did you mean {close[0]!r}? (known settings: pullboot config --help lists them)"
-    return "remove it; known settings are: " + ", ".join(known)
+        return f"did you mean {close[0]!r}? (pullboot config lists every setting)"
+    return f"remove it; known settings are: {', '.join(known)} (pullboot config explains them)"
 
 
 def _as_bool(_: Option, v: Any) -> bool:
@@ -314,6 +314,9 @@ def load_file(path: Path, *, required: bool) -> Layer:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
                           hint="check the path and its permissions") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})",
+                          hint="save the file as UTF-8") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

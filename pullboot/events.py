@@ -52,11 +52,12 @@ class Redactor:
         # Very short values would redact half the output and protect nothing.
         if len(value) >= 4 and value not in self._values:
             self._values.append(value)
-            self._values.sort(key=len, reverse=True)
             # JSON-escaped form too, for values with quotes or backslashes.
             escaped = json.dumps(value)[1:-1]
             if escaped != value:
                 self._values.append(escaped)
+            # Longest first, so a secret containing another is replaced whole.
+            self._values.sort(key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for value in self._values:
@@ -107,7 +108,8 @@ class EventRecorder:
         self._summarise(event)
         if self._on_event is not None:
             try:
-                self._on_event(event)
+                # The live view must not show what the file does not keep.
+                self._on_event(json.loads(line) if self._redact else event)
             except Exception:  # a display problem must never break the run
                 log.debug("event display failed", exc_info=True)
         return False
@@ -140,10 +142,12 @@ def failure_message(res: Mapping[str, Any]) -> str:
             break
     if not parts and res.get("censored"):
         parts.append(str(res["censored"]))
+    message = strip_ansi(" ".join(parts))
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
     if res.get("rc") not in (None, 0):
-        parts.append(f"(rc={res['rc']})")
-    message = strip_ansi(" ".join(parts) or "task failed (no message)")
-    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "..."
+        message = f"{message} (rc={res['rc']})".lstrip()
+    return message or "task failed (no message)"
 
 
 def describe(event: Mapping[str, Any]) -> tuple[str, str] | None:

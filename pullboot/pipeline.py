@@ -294,7 +294,11 @@ def _write_report(ctx: _RunContext, req: Request, report: Report) -> Path | None
     if run_dir is None:
         # The error came before the state dir was prepared: try to write anyway.
         try:
-            state = StateDir(Path(config.resolve(base_layers(req)).get("state_dir")))
+            try:
+                layers = base_layers(req)
+            except PullbootError:  # the config file itself is what failed
+                layers = [_cli_layer(req), config.env_layer(req.environ)]
+            state = StateDir(Path(config.resolve(layers).get("state_dir")))
             state.prepare()
             run_dir = state.run_dir(ctx.run_id)
         except (PullbootError, OSError) as exc:

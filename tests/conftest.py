@@ -168,7 +168,7 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 1
     """Run ``python -m pullboot ARGS`` as a real process with the test's environment."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "pullboot", *args], env=full_env,
+    proc = subprocess.run([sys.executable, "-m", "pullboot", *args], env=full_env, check=False,
                           capture_output=True, text=True, timeout=timeout, cwd=REPO,
                           input=input_)
     return Result(proc.returncode, proc.stdout, proc.stderr)

@@ -161,8 +161,10 @@ def test_role_without_playbook_lists_available(make_repo: Any) -> None:
 def test_bundle_escaping_the_tree_is_refused(member: str, aws: Any, tmp_path: Path,
                                              state_dir: Path) -> None:
     s3 = aws.client("s3")
-    s3.create_bucket(Bucket="evil-bundles", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    s3.put_object(Bucket="evil-bundles", Key="web.tar.gz", Body=_bundle({**web_tree(), member: "pwned"}))
+    s3.create_bucket(Bucket="evil-bundles",
+                     CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket="evil-bundles", Key="web.tar.gz",
+                  Body=_bundle({**web_tree(), member: "pwned"}))
     before = set(tmp_path.parent.rglob("escape.txt"))
     res = run_cli("run", "--source", "s3://evil-bundles/web.tar.gz", "--role", "web", "--json")
     assert res.rc == 4, res.stderr

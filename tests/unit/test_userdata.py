@@ -1,0 +1,111 @@
+"""parse_user_data from fixture files: tests/fixtures/userdata/<case>.<ext> + expected.yaml."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pullboot import errors
+from pullboot.userdata import MAX_EXPANDED, parse_user_data
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "userdata"
+EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load(
+    (FIXTURES / "expected.yaml").read_text(encoding="utf-8"))
+EC2_USER_DATA_MAX = 16 * 1024
+
+
+def _read(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def _pad_16k(name: str) -> bytes:
+    tail = _read(name)
+    head = b"#cloud-config\n"
+    line = b"# " + b"padding " * 9 + b"\n"
+    body = head
+    while len(body) + len(line) + len(tail) <= EC2_USER_DATA_MAX:
+        body += line
+    body += b"#" * (EC2_USER_DATA_MAX - len(body) - len(tail) - 1) + b"\n"
+    data = body + tail
+    assert len(data) == EC2_USER_DATA_MAX
+    assert data.rstrip().endswith(tail.rstrip())
+    return data
+
+
+def _gzip_bomb(name: str) -> bytes:
+    # Still valid YAML holding our section: only the size can make it None.
+    return gzip.compress(_read(name) + b"\n" * (2 * MAX_EXPANDED), mtime=0)
+
+
+BUILDERS: dict[str, Callable[[Any], bytes | None]] = {
+    "gzip": lambda name: gzip.compress(_read(name), mtime=0),
+    "gzip_bomb": _gzip_bomb,
+    "gzip_truncated": lambda name: gzip.compress(_read(name), mtime=0)[:-12],
+    "pad_16k": _pad_16k,
+    # Not UTF-8, no gzip magic, not MIME: an encrypted blob or a mis-pasted binary.
+    "garbage": lambda _: bytes(range(0x80, 0x100)) + bytes(range(0x00, 0x80)),
+    "nul_suffix": lambda name: _read(name) + b"\x00\x00",
+    "empty": lambda _: b"",
+    "none": lambda _: None,
+}
+
+
+def _input(case: str) -> bytes | None:
+    spec = EXPECTED[case]
+    if "build" in spec:
+        builder, arg = spec["build"]
+        return BUILDERS[builder](arg)
+    (path,) = [p for p in FIXTURES.iterdir() if p.stem == case and p.name != "expected.yaml"]
+    return path.read_bytes()
+
+
+def test_every_fixture_file_has_an_expected_outcome() -> None:
+    stems = {p.stem for p in FIXTURES.iterdir() if p.name != "expected.yaml"}
+    built = {case for case, spec in EXPECTED.items() if "build" in spec}
+    assert stems == set(EXPECTED) - built
+    assert {spec["build"][0] for spec in EXPECTED.values() if "build" in spec} <= set(BUILDERS)
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_parse_user_data(case: str) -> None:
+    spec = EXPECTED[case]
+    raw = _input(case)
+    if "error" in spec:
+        with pytest.raises(getattr(errors, spec["error"])) as info:
+            parse_user_data(raw)
+        assert spec["match"] in info.value.message
+        assert "pullboot: {role: web}" in (info.value.hint or "")
+    else:
+        assert parse_user_data(raw) == spec["expect"]
+
+
+def test_gzip_bomb_really_exceeds_the_limit_and_a_small_gzip_does_not() -> None:
+    # Guards the fixture: the bomb must be small on the wire but large inflated.
+    bomb = _gzip_bomb("plain.yaml")
+    assert len(bomb) < EC2_USER_DATA_MAX
+    assert len(gzip.decompress(bomb)) > MAX_EXPANDED
+    assert parse_user_data(gzip.compress(_read("plain.yaml"))) == {"role": "web"}
+
+
+def test_returned_section_is_a_copy() -> None:
+    first = parse_user_data(_read("plain.yaml"))
+    assert first is not None
+    first["role"] = "changed"
+    assert parse_user_data(_read("plain.yaml")) == {"role": "web"}
+
+
+def test_raw_user_data_is_never_logged(caplog: pytest.LogCaptureFixture,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # cli.main() turns propagation off; caplog listens on the root logger.
+    monkeypatch.setattr(logging.getLogger("pullboot"), "propagate", True)
+    caplog.set_level("DEBUG", logger="pullboot")
+    secret = b"#cloud-config\nchpasswd: {list: 'root:S3cr3t-pw'}\npullboot: [broken\n"
+    assert parse_user_data(secret) is None
+    assert "not YAML or JSON" in caplog.text  # the warning was captured ...
+    assert "S3cr3t-pw" not in caplog.text  # ... and holds no user-data
