@@ -48,11 +48,12 @@ def for_roles(tree: Path, roles: Sequence[str]) -> tuple[Path, ...]:
 
 def fallback(tree: Path, *, fqdn: str, hostname: str) -> Path | None:
     """The ansible-pull style playbook for a role-less instance, if the tree has one."""
-    names = list(dict.fromkeys([fqdn, hostname, "local"]))
-    for folder in (tree, tree / "playbooks"):
-        path = _first_file(folder, names)
-        if path is not None:
-            return path
+    # The name decides first (fqdn beats hostname beats local), then the folder.
+    for name in dict.fromkeys([fqdn, hostname, "local"]):
+        for folder in (tree, tree / "playbooks"):
+            path = _first_file(folder, [name])
+            if path is not None:
+                return path
     return None
 
 
