@@ -60,11 +60,11 @@ def test_missing_role_in_a_tree_without_playbooks_dir(tmp_path: Path) -> None:
     ([f"playbooks/{FQDN}.yml", f"playbooks/{HOST}.yml", "playbooks/local.yml"],
      f"playbooks/{FQDN}.yml"),
     (["playbooks/local.yml", f"playbooks/{HOST}.yml"], f"playbooks/{HOST}.yml"),
-    # The tree root is searched (all names) before playbooks/.
-    (["local.yml", f"playbooks/{FQDN}.yml"], "local.yml"),
+    # The name decides before the folder: a more specific playbook always wins.
+    (["local.yml", f"playbooks/{FQDN}.yml"], f"playbooks/{FQDN}.yml"),
     ([f"{FQDN}.yml", f"playbooks/{FQDN}.yml"], f"{FQDN}.yml"),
 ], ids=["fqdn", "hostname", "local", "local-yaml", "sub-fqdn", "sub-hostname",
-        "root-before-sub", "root-same-name"])
+        "name-before-folder", "root-same-name"])
 def test_fallback_order(tmp_path: Path, files: list[str], expected: str) -> None:
     tree = _tree(tmp_path, *files)
     assert fallback(tree, fqdn=FQDN, hostname=HOST) == tree / expected
