@@ -8,6 +8,7 @@ covers values nested anywhere inside ``event_data``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -84,6 +85,7 @@ class EventRecorder:
         self._redact = redact or Redactor()
         self._on_event = on_event
         self._fh: IO[str] | None = None
+        self.warnings: list[str] = []
 
     def __enter__(self) -> EventRecorder:
         self._fh = self.path.open("a", encoding="utf-8")
@@ -91,7 +93,9 @@ class EventRecorder:
 
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None:
-            self._fh.close()
+            # A failed close was already reported by __call__, or had nothing left.
+            with contextlib.suppress(OSError):
+                self._fh.close()
             self._fh = None
 
     def __call__(self, event: dict[str, Any]) -> bool:
@@ -102,8 +106,16 @@ class EventRecorder:
         if self._redact:
             line = self._redact(line)
         if self._fh is not None:
-            self._fh.write(line + "\n")
-            self._fh.flush()
+            try:
+                self._fh.write(line + "\n")
+                self._fh.flush()
+            except OSError as exc:
+                # A full disk must not cost the play its outcome: keep
+                # summarising, and say in the report that the file is short.
+                self.warnings.append(f"events file {self.path} is incomplete from event "
+                                     f"{self.count + 1}: {exc.strerror}")
+                log.warning("%s", self.warnings[-1])
+                self._fh = None
         self.count += 1
         self._summarise(event)
         if self._on_event is not None:

@@ -19,11 +19,12 @@ from typing import Any
 
 from pullboot import __version__, config, playbooks, roles
 from pullboot.errors import EXIT_CANCELED, PullbootError
-from pullboot.events import EventRecorder, Redactor
+from pullboot.events import EventRecorder
 from pullboot.identity import Identity, local_identity, read_ec2_api_tags, read_identity
 from pullboot.imds import ImdsClient, ImdsOptions, imds_disabled, imds_endpoint
 from pullboot.report import EXIT_FOR_STATUS, Report, SourceInfo
 from pullboot.roles import RoleChoice
+from pullboot.secrets import SecretGuard
 from pullboot.state import StateDir, new_run_id, write_json_atomic
 from pullboot.userdata import parse_user_data
 
@@ -53,6 +54,9 @@ class Request:
     # Called once identity and roles are known, before anything is fetched
     # (splay, lifecycle heartbeats start here).
     before_fetch: Callable[[Resolution], None] | None = None
+    # The run's secrets (boot integration fills it in before_fetch): values to
+    # redact from events and artifacts, and ansible's env (references only).
+    secrets: SecretGuard = field(default_factory=SecretGuard)
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,14 @@ def run(req: Request) -> RunResult:
         ctx.resolution = res
         res.state.prepare()
         ctx.run_dir = res.state.run_dir(run_id)
+        ctx.warnings.extend(_clock_check(res.state, started_at))
+        if req.before_fetch is not None:
+            req.before_fetch(res)
         if res.settings.get("only_if_changed"):
             unchanged = _unchanged(res)
             if unchanged is not None:
                 ctx.source = unchanged
                 return _finish(ctx, req, status="unchanged", exit_code=0)
-        if req.before_fetch is not None:
-            req.before_fetch(res)
         _check_cancel(req)
         _phase(req, "fetch", run_id)
         release = fetch.fetch_release(res, cancel=req.cancel.is_set)
@@ -139,12 +144,13 @@ def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Any,
         tags=tuple(settings.get("run.tags")), skip_tags=tuple(settings.get("run.skip_tags")),
         limit=settings.get("run.limit"), verbosity=settings.get("run.verbosity"),
         timeout=settings.get("run.timeout"), keep_artifacts=settings.get("run.keep_artifacts"),
+        envvars=req.secrets.env, guard=req.secrets,
     )
     events_path = ctx.run_dir / "events.jsonl"
     ctx.events_file = str(events_path)
     runner.scrub_all_artifacts(res.state.runner)
     _phase(req, "run", ctx.run_id)
-    with EventRecorder(events_path, redact=Redactor(), on_event=req.on_event) as rec:
+    with EventRecorder(events_path, redact=req.secrets.redactor, on_event=req.on_event) as rec:
         ctx.recorder = rec
         outcome = runner.run(spec, event_handler=rec, cancel_callback=req.cancel.is_set)
     status = outcome.status if outcome.status in EXIT_FOR_STATUS else "failed"
@@ -260,6 +266,7 @@ class _RunContext:
     playbooks: list[str] = field(default_factory=list)
     events_file: str | None = None
     recorder: EventRecorder | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _finish(ctx: _RunContext, req: Request, *, status: str, exit_code: int,
@@ -278,6 +285,8 @@ def _finish(ctx: _RunContext, req: Request, *, status: str, exit_code: int,
         events_file=ctx.events_file, event_count=rec.count if rec else 0,
         vars={n: r.origin for n, r in res.settings.vars.items()} if res else {},
         error=_error_dict(error), options=_options(res), pullboot_version=__version__,
+        warnings=ctx.warnings + (rec.warnings if rec else []),
+        sequence=res.state.sequence_of(ctx.run_dir) if res and ctx.run_dir else 0,
     )
     path = _write_report(ctx, req, report)
     if res is not None and path is not None:
@@ -396,6 +405,18 @@ def _log_origins(settings: config.Settings) -> None:
 def _cli_layer(req: Request) -> config.Layer:
     return config.Layer("cli", {key: config.coerce(key, value, where="the command line")
                                 for key, value in req.cli.items()})
+
+
+def _clock_check(state: StateDir, started_at: str) -> list[str]:
+    """A warning when the wall clock is behind the previous run's start (clock jumped)."""
+    previous = next(iter(state.reports()), None)
+    before = str((previous or {}).get("started_at") or "")
+    if before and before > started_at:
+        message = (f"the clock went backwards: this run started at {started_at}, before the "
+                   f"previous run {previous.get('run_id') if previous else ''} ({before})")
+        log.warning("%s", message)
+        return [message]
+    return []
 
 
 def _phase(req: Request, phase: str, run_id: str) -> None:

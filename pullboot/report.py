@@ -6,7 +6,7 @@ back by ``pullboot status``; its keys are a public contract (README).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final
 
 from pullboot.errors import (
@@ -57,10 +57,25 @@ class Report:
     error: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Boot integration: readiness signals sent, results shipping, names of the
+    # secrets given to the play (never values), seconds of splay before the fetch.
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    shipped: dict[str, Any] | None = None
+    secrets: list[str] = field(default_factory=list)
+    splay_s: float = 0.0
     pullboot_version: str = ""
+    sequence: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """The inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["source"] = SourceInfo(**(data.get("source") or {}))
+        return cls(**values)
 
     def totals(self) -> dict[str, int]:
         """Stats summed over hosts."""

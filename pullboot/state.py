@@ -100,9 +100,38 @@ class StateDir:
                              "pointing at a writable directory") from exc
 
     def run_dir(self, run_id: str) -> Path:
+        """Create the run's dir and give it the next sequence number.
+
+        Runs are ordered by that number, not by time: a clock that jumps
+        backwards between runs must not make pruning delete the newest run.
+        """
         path = self.runs / run_id
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not (path / "seq").exists():
+            (path / "seq").write_text(f"{self._next_sequence()}\n")
         return path
+
+    def sequence_of(self, run_dir: Path) -> int:
+        try:
+            return int((run_dir / "seq").read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def _next_sequence(self) -> int:
+        counter = self.root / "sequence"
+        try:
+            last = int(counter.read_text())
+        except (OSError, ValueError):
+            last = max((self.sequence_of(p) for p in self.runs.iterdir() if p.is_dir()),
+                       default=0)
+        tmp = counter.with_name(f".sequence.{os.getpid()}.tmp")
+        tmp.write_text(f"{last + 1}\n")
+        tmp.replace(counter)
+        return last + 1
+
+    def _runs_newest_first(self) -> list[Path]:
+        dirs = [p for p in self.runs.iterdir() if p.is_dir()] if self.runs.is_dir() else []
+        return sorted(dirs, key=lambda p: (self.sequence_of(p), p.name), reverse=True)
 
     # -- releases -------------------------------------------------------------
 
@@ -194,16 +223,13 @@ class StateDir:
     # -- runs -----------------------------------------------------------------
 
     def prune_runs(self, keep: int) -> None:
-        """Keep the ``keep`` newest run dirs (run ids sort by time)."""
-        runs = sorted(p for p in self.runs.iterdir() if p.is_dir())
-        for path in runs[: max(len(runs) - max(keep, 1), 0)]:
+        """Keep the ``keep`` newest run dirs (by sequence number)."""
+        for path in self._runs_newest_first()[max(keep, 1):]:
             shutil.rmtree(path, ignore_errors=True)
 
     def reports(self) -> Iterator[dict[str, Any]]:
         """Reports of past runs, newest first; unreadable ones are skipped."""
-        if not self.runs.is_dir():
-            return
-        for path in sorted(self.runs.iterdir(), reverse=True):
+        for path in self._runs_newest_first():
             try:
                 yield json.loads((path / "report.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):

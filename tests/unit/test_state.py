@@ -146,8 +146,20 @@ def test_prune_releases_keeps_at_least_one(state: StateDir) -> None:
 
 @pytest.mark.parametrize(("keep", "kept"), [(2, 2), (0, 1), (10, 5)])
 def test_prune_runs_keeps_newest(state: StateDir, keep: int, kept: int) -> None:
+    # Created in this order while the clock jumps around: the last created are
+    # the newest, whatever their timestamps say.
     ids = [new_run_id(datetime(2026, 11, day, 4, 25, tzinfo=UTC)) for day in (3, 1, 5, 2, 4)]
     for rid in ids:
         (state.run_dir(rid) / "report.json").write_text("{}")
     state.prune_runs(keep)
-    assert sorted(p.name for p in state.runs.iterdir()) == sorted(ids)[len(ids) - kept:]
+    assert sorted(p.name for p in state.runs.iterdir()) == sorted(ids[len(ids) - kept:])
+
+
+def test_reports_follow_creation_order_not_the_clock(state: StateDir) -> None:
+    late = new_run_id(datetime(2026, 11, 28, 12, 0, tzinfo=UTC))
+    early = new_run_id(datetime(2026, 1, 1, 0, 0, tzinfo=UTC))  # the clock jumped back
+    for rid in (late, early):
+        (state.run_dir(rid) / "report.json").write_text(f'{{"run_id": "{rid}"}}')
+    assert [r["run_id"] for r in state.reports()] == [early, late]
+    state.prune_runs(1)
+    assert [p.name for p in state.runs.iterdir()] == [early]
