@@ -22,6 +22,7 @@ from typing import Any, Final
 import yaml
 
 from pullboot.errors import RunError
+from pullboot.secrets import SecretGuard, scrub_tree
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class RunSpec:
     timeout: int = 0
     keep_artifacts: int = 5
     envvars: Mapping[str, str] = field(default_factory=dict)
+    # Secrets of the run: when active, artifacts get no stdout/stderr files,
+    # partial event files go to the guard's tmpfs scratch dir, and whatever is
+    # left in the artifact dir is scrubbed of the secret values.
+    guard: SecretGuard | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ def run(spec: RunSpec, *, event_handler: Callable[[dict[str, Any]], bool],
 
     kwargs = runner_kwargs(spec)
     artifact_dir = spec.private_dir / "artifacts" / spec.run_id
+    guard = spec.guard if spec.guard is not None and spec.guard.active else None
+    if guard is not None:
+        _events_off_disk(artifact_dir, guard)
     scrubbed = False
 
     def on_event(event: dict[str, Any]) -> bool:
@@ -82,6 +90,9 @@ def run(spec: RunSpec, *, event_handler: Callable[[dict[str, Any]], bool],
                        hint="run with -v for details; check ansible-core is installed") from exc
     finally:
         scrub_command_artifact(artifact_dir)
+        if guard is not None:
+            for path in scrub_tree(artifact_dir, guard.redactor):
+                log.info("scrubbed secret values from %s", path)
     return RunOutcome(status=str(result.status), rc=int(result.rc or 0),
                       artifact_dir=artifact_dir)
 
@@ -108,7 +119,11 @@ def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
         # Otherwise ansible-runner writes extravars/envvars to env/ and then
         # silently reuses those files on the next run.
         "suppress_env_files": True,
-        "settings": {"pexpect_timeout": POLL_SECONDS},
+        "settings": {"pexpect_timeout": POLL_SECONDS,
+                     # The play's output may show secrets: keep it to events.jsonl
+                     # (redacted) instead of the stdout/stderr artifacts.
+                     **({"suppress_output_file": True}
+                        if spec.guard is not None and spec.guard.active else {})},
     }
     return {k: v for k, v in kwargs.items() if v is not None}
 
@@ -138,6 +153,16 @@ def _inventories(spec: RunSpec) -> list[Path]:
     if tree_inventory.exists():
         found.append(tree_inventory)
     return found
+
+
+def _events_off_disk(artifact_dir: Path, guard: SecretGuard) -> None:
+    """Point ansible-runner's job_events dir (partial event files) at the tmpfs scratch."""
+    if guard.scratch is None:
+        return
+    artifact_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    link = artifact_dir / "job_events"
+    if not link.exists():
+        link.symlink_to(guard.scratch / "job_events")
 
 
 def _envvars(spec: RunSpec) -> dict[str, str]:
