@@ -1,5 +1,8 @@
 """FakeIMDS: an IMDSv2 emulator on 127.0.0.1 (AWS_EC2_METADATA_SERVICE_ENDPOINT = ``.url``).
 
+The instance simulator (``pullboot sim``) serves its instance's identity, tags and user-data
+with it; the tests use it as their IMDS fake (``tests/fakes/imds.py`` re-exports it).
+
 Behaviour copied from the real service (what pullboot must cope with):
 
 * ``PUT /latest/api/token`` needs ``X-aws-ec2-metadata-token-ttl-seconds`` in 1..21600, else 400;
@@ -35,10 +38,10 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final, NamedTuple
 
-from tests.fakes._server import FakeHTTPHandler, SwitchableServer
+from pullboot.sim._server import FakeHTTPHandler, SwitchableServer
 
-TOKEN_PATH: Final = "/latest/api/token"
-TOKEN_HEADER: Final = "X-aws-ec2-metadata-token"
+TOKEN_PATH: Final = "/latest/api/token"  # noqa: S105 - a path, not a secret
+TOKEN_HEADER: Final = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 TTL_HEADER: Final = "X-aws-ec2-metadata-token-ttl-seconds"
 MAX_TTL_S: Final = 21600
 IDENTITY_PATH: Final = "/latest/dynamic/instance-identity/document"

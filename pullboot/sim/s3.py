@@ -1,4 +1,10 @@
-"""MotoServer: moto 5.x's ThreadedMotoServer on 127.0.0.1 with an ephemeral port.
+"""S3 for the simulator: moto's server on 127.0.0.1, and publishing a bundle into it.
+
+moto is an optional dependency (the ``sim`` extra); it is imported only when a server starts,
+so a simulated boot from Git or a directory never needs it. The tests use :class:`MotoServer`
+too (``tests/fakes/moto.py`` re-exports it).
+
+MotoServer: moto 5.x's ThreadedMotoServer on 127.0.0.1 with an ephemeral port.
 
 Facts this relies on (checked against moto 5.2.5 on this machine):
 
@@ -19,14 +25,14 @@ from __future__ import annotations
 import json
 import urllib.request
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
-from moto.server import ThreadedMotoServer
-
-from tests.fakes._server import LOOPBACK
+from pullboot.sim import SIM_EXTRA_HINT, SimError
+from pullboot.sim._server import LOOPBACK
 
 DUMMY_ACCESS_KEY: Final = "testing"
-DUMMY_SECRET_KEY: Final = "testing"
+# moto accepts any credentials; botocore only needs some to sign with.
+DUMMY_SECRET_KEY: Final = "testing"  # noqa: S105 - a dummy, by design
 
 
 class MotoServer:
@@ -34,13 +40,18 @@ class MotoServer:
 
     def __init__(self, *, region: str = "eu-west-1") -> None:
         self.region = region
-        self._server: ThreadedMotoServer | None = None
+        self._server: Any = None
         self._port: int | None = None
 
     def start(self) -> None:
         """Start the server thread; returns once the port is bound and serving."""
         if self._server is not None:
             raise RuntimeError("moto server already started")
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as exc:
+            raise SimError(f"an S3 source needs moto's server, which is not installed ({exc})",
+                           hint=SIM_EXTRA_HINT) from exc
         server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
@@ -77,8 +88,10 @@ class MotoServer:
 
     def reset(self) -> None:
         """Empty every moto backend (``POST /moto-api/reset``); RuntimeError if moto refuses."""
-        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST", data=b"")
-        with urllib.request.urlopen(request, timeout=30) as response:
+        # self.url is always http://127.0.0.1:PORT.
+        request = urllib.request.Request(  # noqa: S310
+            f"{self.url}/moto-api/reset", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             status = json.loads(response.read() or b"{}").get("status")
         if status != "ok":
             raise RuntimeError(f"moto reset answered {status!r}")
