@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pullboot import __version__, galaxy, sources
-from pullboot.errors import ConfigError, TransientSourceError
+from pullboot.errors import ConfigError, SourceError, TransientSourceError
 from pullboot.pipeline import Resolution
 from pullboot.report import SourceInfo
 from pullboot.state import release_id
@@ -120,6 +120,11 @@ def _build_release(res: Resolution, src: sources.Source, rid: str) -> None:
         if res.settings.get("galaxy.enabled"):
             galaxy.install_requirements(staging, cache=res.state.cache / "galaxy")
         res.state.commit_release(staging, rid)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SourceError(f"could not store release {rid}: {exc.strerror}",
+                          hint="free space in the state dir; the last good release is "
+                          "untouched") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pullboot import __version__, config, playbooks, roles
-from pullboot.errors import EXIT_CANCELED, PullbootError
+from pullboot.errors import EXIT_CANCELED, PullbootError, StateError
 from pullboot.events import EventRecorder
 from pullboot.identity import Identity, local_identity, read_ec2_api_tags, read_identity
 from pullboot.imds import ImdsClient, ImdsOptions, imds_disabled, imds_endpoint
@@ -129,6 +129,12 @@ def run(req: Request) -> RunResult:
     except PullbootError as exc:
         return _finish(ctx, req, status="canceled" if isinstance(exc, Canceled) else "error",
                        exit_code=exc.exit_code, error=exc)
+    except OSError as exc:
+        # The host, not the input: a full or read-only state dir, a vanished file.
+        err = StateError(f"{exc.strerror or exc}: {exc.filename or 'the state dir'}",
+                         hint="free space in (or fix) the state dir; the last good release "
+                         "is untouched")
+        return _finish(ctx, req, status="error", exit_code=err.exit_code, error=err)
 
 
 def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Any,
