@@ -22,7 +22,8 @@ from typing import Any, TextIO
 import yaml
 
 from pullboot import __version__, config
-from pullboot.errors import ConfigError, PullbootError
+from pullboot import status as status_file
+from pullboot.errors import EXIT_CANCELED, EXIT_PLAY_FAILED, ConfigError, PullbootError
 
 log = logging.getLogger("pullboot")
 
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--json", action="store_true", help="print JSON")
     cfg.add_argument("-v", "--verbose", action="count", default=0)
     cfg.set_defaults(func=cmd_config)
-    status = sub.add_parser("status", help="the last runs recorded in the state dir",
+    status = sub.add_parser("status", help="the last runs recorded in the state dir; --wait "
+                            "blocks until the boot run is done",
                             epilog=EXIT_CODES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     status.add_argument("--state-dir", metavar="DIR", help="default: $PULLBOOT_STATE_DIR or "
@@ -84,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", metavar="FILE", help="config file (for state_dir)")
     status.add_argument("-n", "--limit", type=int, default=20, help="runs to show (default 20)")
     status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--wait", action="store_true", help="block until this boot's run has "
+                        "finished, then exit with its exit code (like cloud-init status --wait)")
+    status.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                        help="with --wait: give up after SECONDS (exit 5; default: no limit)")
     status.add_argument("-v", "--verbose", action="count", default=0)
     status.set_defaults(func=cmd_status)
     return parser
@@ -101,6 +107,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="role to run (repeatable; or comma-separated)")
     p.add_argument("-e", "--extra-vars", metavar="KEY=VALUE|@FILE", action="append",
                    default=[], help="extra vars for the play (repeatable)")
+    p.add_argument("--wait-lock", type=float, metavar="SECONDS", dest="wait_lock",
+                   help="wait up to SECONDS for another run's lock instead of exiting 75")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout "
                    "(logs go to stderr)")
     p.add_argument("-v", "--verbose", action="count", default=0,
@@ -114,6 +122,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-tags", action="append", metavar="TAGS", help="skip these tags")
     p.add_argument("--limit", metavar="PATTERN", help="limit the play to these hosts")
     p.add_argument("--timeout", type=int, metavar="SECONDS", help="job timeout (0: none)")
+    p.add_argument("--splay", type=float, metavar="SECONDS", help="random delay before "
+                   "fetching (not on the first run on an instance unless splay_first_boot)")
+    p.add_argument("--splay-stable", action="store_true", default=None, dest="splay_stable",
+                   help="derive the splay from the instance id (same delay every run)")
     p.add_argument("--only-if-changed", action="store_true", default=None,
                    help="skip the run (status unchanged, exit 0) when the source revision, "
                    "roles, vars and options equal the last successful run's")
@@ -123,12 +135,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pullboot import pipeline
+    from pullboot import boot
 
     req = _request(args, on_event=_live_printer(sys.stderr))
     restore = _install_signal_handlers(req.cancel)
     try:
-        result = pipeline.run(req)
+        result = boot.run(req)
     finally:
         restore()
     report = result.report
@@ -145,9 +157,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pullboot import pipeline
+    from pullboot import boot
 
-    result = pipeline.plan(_request(args))
+    result = boot.plan(_request(args))
     if args.json:
         json.dump(asdict(result), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -196,7 +208,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     layers = [config.Layer("cli", {"state_dir": args.state_dir} if args.state_dir else {}),
               config.env_layer(), _config_layer(args)]
-    state = StateDir(Path(config.resolve(layers).get("state_dir")))
+    settings = config.resolve(layers)
+    if args.wait:
+        return _wait_status(Path(settings.get("status_file")), args)
+    state = StateDir(Path(settings.get("state_dir")))
     reports = [r for _, r in zip(range(max(args.limit, 1)), state.reports(), strict=False)]
     if args.json:
         json.dump(reports, sys.stdout, indent=2, default=str)
@@ -206,7 +221,36 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(f"no runs recorded under {state.runs}\n")
         return 0
     sys.stdout.write(_status_table(reports))
+    live = status_file.read(Path(settings.get("status_file")))
+    if live and live.get("status") == status_file.RUNNING:
+        sys.stdout.write(f"running now: {live.get('run_id') or '(starting)'} in phase "
+                         f"{live.get('phase')} (PID {live.get('pid')})\n")
     return 0
+
+
+def _wait_status(path: Path, args: argparse.Namespace) -> int:
+    def waiting(reason: str) -> None:
+        sys.stderr.write(f"pullboot: waiting: {reason}\n")
+        sys.stderr.flush()
+
+    got = status_file.wait(path, timeout=args.timeout, on_waiting=waiting)
+    live = got.status or {}
+    if got.outcome == "timeout":
+        sys.stderr.write(f"pullboot: error: no finished run after {got.waited_s:.0f}s "
+                         f"(status file {path})\n")
+        return EXIT_CANCELED
+    if got.outcome == "died":
+        sys.stderr.write(f"pullboot: error: run {live.get('run_id')} (PID {live.get('pid')}) "
+                         f"ended in phase {live.get('phase')} without finishing\n")
+        return EXIT_PLAY_FAILED
+    code = live.get("exit_code")
+    if args.json:
+        json.dump(live, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(f"status: {live.get('status')} (exit {code}) run {live.get('run_id')}"
+                         f"{' report ' + str(live['report']) if live.get('report') else ''}\n")
+    return code if isinstance(code, int) else EXIT_PLAY_FAILED
 
 
 # -- helpers -----------------------------------------------------------------
@@ -219,7 +263,9 @@ def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
     for attr, key in (("state_dir", "state_dir"), ("source", "source"), ("ref", "ref"),
                       ("limit", "run.limit"), ("timeout", "run.timeout"),
                       ("check", "run.check"), ("diff", "run.diff"),
-                      ("only_if_changed", "only_if_changed")):
+                      ("only_if_changed", "only_if_changed"),
+                      ("wait_lock", "lock.wait"), ("splay", "splay"),
+                      ("splay_stable", "splay_stable")):
         value = getattr(args, attr, None)
         if value is not None:
             cli[key] = value
@@ -345,13 +391,15 @@ def _render_report(report: Any, path: Path | None, out: TextIO) -> None:
 
 
 def _status_table(reports: list[dict[str, Any]]) -> str:
-    rows = [("RUN", "STATUS", "ROLES", "REVISION", "CHANGED", "FAILED", "DURATION")]
+    rows = [("RUN", "STATUS", "STARTED", "ROLES", "REVISION", "CHANGED", "FAILED",
+             "DURATION")]
     for r in reports:
         stats = r.get("stats") or {}
         changed = sum(h.get("changed", 0) for h in stats.values())
         failed = sum(h.get("failed", 0) + h.get("unreachable", 0) for h in stats.values())
         rev = str((r.get("source") or {}).get("revision") or "-")
-        rows.append((str(r.get("run_id")), str(r.get("status")),
+        started = str(r.get("started_at") or "-").replace("T", " ").replace("+00:00", "Z")
+        rows.append((str(r.get("run_id")), str(r.get("status")), started,
                      ",".join(x["name"] for x in r.get("roles") or []) or "-",
                      rev[:12], str(changed), str(failed), f"{r.get('duration_s', 0):.1f}s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

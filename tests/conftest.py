@@ -42,6 +42,8 @@ def safe_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cfg.write_text("{}\n")
     monkeypatch.setenv("PULLBOOT_CONFIG", str(cfg))
     monkeypatch.setenv("PULLBOOT_STATE_DIR", str(tmp_path / "state"))
+    # Never /run/pullboot/status.json: tests must not write outside their tmp dir.
+    monkeypatch.setenv("PULLBOOT_STATUS_FILE", str(tmp_path / "status.json"))
     # The interpreter running the tests is the one whose ansible we want.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     for var, val in (("GIT_AUTHOR_NAME", "t"), ("GIT_AUTHOR_EMAIL", "t@example.invalid"),
