@@ -49,9 +49,10 @@ class RunSpec:
     timeout: int = 0
     keep_artifacts: int = 5
     envvars: Mapping[str, str] = field(default_factory=dict)
-    # Secrets of the run: when active, artifacts get no stdout/stderr files,
-    # partial event files go to the guard's tmpfs scratch dir, and whatever is
-    # left in the artifact dir is scrubbed of the secret values.
+    # Secrets of the run: when active, the raw-output artifacts (stdout,
+    # stderr, partial event files) live in the guard's tmpfs scratch dir during
+    # the play, stdout/stderr come back redacted, and whatever else is left in
+    # the artifact dir is scrubbed of the secret values.
     guard: SecretGuard | None = None
 
 
@@ -73,7 +74,7 @@ def run(spec: RunSpec, *, event_handler: Callable[[dict[str, Any]], bool],
     artifact_dir = spec.private_dir / "artifacts" / spec.run_id
     guard = spec.guard if spec.guard is not None and spec.guard.active else None
     if guard is not None:
-        _events_off_disk(artifact_dir, guard)
+        _raw_output_to_tmpfs(artifact_dir, guard)
     scrubbed = False
 
     def on_event(event: dict[str, Any]) -> bool:
@@ -91,6 +92,7 @@ def run(spec: RunSpec, *, event_handler: Callable[[dict[str, Any]], bool],
     finally:
         scrub_command_artifact(artifact_dir)
         if guard is not None:
+            _raw_output_back(artifact_dir, guard)
             for path in scrub_tree(artifact_dir, guard.redactor):
                 log.info("scrubbed secret values from %s", path)
     return RunOutcome(status=str(result.status), rc=int(result.rc or 0),
@@ -119,11 +121,7 @@ def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
         # Otherwise ansible-runner writes extravars/envvars to env/ and then
         # silently reuses those files on the next run.
         "suppress_env_files": True,
-        "settings": {"pexpect_timeout": POLL_SECONDS,
-                     # The play's output may show secrets: keep it to events.jsonl
-                     # (redacted) instead of the stdout/stderr artifacts.
-                     **({"suppress_output_file": True}
-                        if spec.guard is not None and spec.guard.active else {})},
+        "settings": {"pexpect_timeout": POLL_SECONDS},
     }
     return {k: v for k, v in kwargs.items() if v is not None}
 
@@ -155,14 +153,34 @@ def _inventories(spec: RunSpec) -> list[Path]:
     return found
 
 
-def _events_off_disk(artifact_dir: Path, guard: SecretGuard) -> None:
-    """Point ansible-runner's job_events dir (partial event files) at the tmpfs scratch."""
+# Artifacts that hold raw play output while the play runs.
+_RAW_ARTIFACTS: Final = ("job_events", "stdout", "stderr")
+
+
+def _raw_output_to_tmpfs(artifact_dir: Path, guard: SecretGuard) -> None:
+    """Symlink the raw-output artifacts into the tmpfs scratch dir before the play."""
     if guard.scratch is None:
         return
     artifact_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    link = artifact_dir / "job_events"
-    if not link.exists():
-        link.symlink_to(guard.scratch / "job_events")
+    for name in _RAW_ARTIFACTS:
+        link = artifact_dir / name
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(guard.scratch / name)
+
+
+def _raw_output_back(artifact_dir: Path, guard: SecretGuard) -> None:
+    """Replace the stdout/stderr links by redacted copies (job_events stays a dead link)."""
+    for name in _RAW_ARTIFACTS[1:]:
+        link = artifact_dir / name
+        if not link.is_symlink():
+            continue
+        try:
+            text = link.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError:
+            text = ""
+        link.unlink()
+        link.write_text(guard.redactor(text), encoding="utf-8", errors="surrogateescape")
+        link.chmod(0o600)
 
 
 def _envvars(spec: RunSpec) -> dict[str, str]:
