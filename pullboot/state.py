@@ -210,6 +210,9 @@ class StateDir:
         for pattern in (".current-*", ".last-good-*", ".*.tmp"):
             for path in self.root.glob(pattern):
                 path.unlink(missing_ok=True)
+        # Partial downloads of killed runs (the run lock makes them all stale).
+        for path in self.cache.glob("*/*.part-*"):
+            path.unlink(missing_ok=True)
 
     def prune_releases(self, keep: int, protect: set[str]) -> None:
         """Keep the ``keep`` newest releases plus those in ``protect``."""

@@ -110,9 +110,10 @@ class S3Source(Source):
         meta_path = target.with_suffix(".json")
         meta = _read_meta(meta_path) if target.is_file() else None
         pin = self.opt("version_id")
-        if meta and pin and meta.get("version_id") == pin:
-            return str(meta["revision"])  # a pinned version never changes
         url = f"s3://{bucket}/{key}"
+        if meta and pin and meta.get("version_id") == pin:
+            # A pinned version never changes, but today's integrity settings apply.
+            return self._reverify_cached(s3, bucket, key, target, meta)
         args: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED",
                                 **self._version_arg()}
         if meta and not pin and meta.get("etag"):
@@ -121,7 +122,7 @@ class S3Source(Source):
         if resp is None:
             log.info("s3 %s unchanged (304); using the cached bundle", url)
             assert meta is not None
-            return str(meta["revision"])
+            return self._reverify_cached(s3, bucket, key, target, meta)
         partial = target.with_name(f"{target.name}.part-{os.getpid()}")
         try:
             digest = self._download(resp, partial, url)
@@ -131,12 +132,33 @@ class S3Source(Source):
             partial.unlink(missing_ok=True)
         revision = _revision(resp)
         _write_meta(meta_path, {"etag": resp.get("ETag"), "version_id": resp.get("VersionId"),
-                                "revision": revision, "key": key})
+                                "revision": revision, "key": key,
+                                "checksum_sha256": resp.get("ChecksumSHA256"),
+                                "sha256": digest.hexdigest()})
         log.info("s3 %s is %s", url, revision)
         return revision
 
+    def _reverify_cached(self, s3: Any, bucket: str, key: str, target: Path,
+                         meta: dict[str, Any]) -> str:
+        """Check a cached bundle against the integrity settings in force now.
+
+        The settings may have changed since it was downloaded (a key added,
+        signatures made mandatory): a cache hit must not bypass them.
+        """
+        with target.open("rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256")
+        if meta.get("sha256") and meta["sha256"] != digest.hexdigest():
+            raise IntegrityError(f"cached bundle {target} changed on disk since it was verified",
+                                 hint="delete it; the next run downloads it again")
+        # "auto" was satisfied at download time and the bytes are the same; a
+        # stricter mode or signature keys are checked again now.
+        self._verify(s3, bucket, key, resp={"ChecksumSHA256": meta.get("checksum_sha256")},
+                     digest=digest, partial=target,
+                     checksum=self.opt("checksum") == "required")
+        return str(meta["revision"])
+
     def _download(self, resp: Any, partial: Path, url: str) -> hashlib._Hash:
-        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import BotoCoreError, FlexibleChecksumError
 
         partial.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -147,16 +169,23 @@ class S3Source(Source):
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
+        except FlexibleChecksumError as exc:
+            # botocore checked x-amz-checksum-sha256 while streaming: the bytes
+            # are not what was published. That is tampering or corruption, not
+            # a network blip: never retried, never a silent fallback.
+            raise IntegrityError(f"{url}: sha256 mismatch ({exc})",
+                                 hint="the bundle was altered or corrupted; re-publish "
+                                 "it") from None
         except (BotoCoreError, OSError) as exc:
             raise Transient(f"{url}: download interrupted ({exc})",
                             hint="the network dropped mid-download; it will be retried") from None
         return digest
 
     def _verify(self, s3: Any, bucket: str, key: str, *, resp: Any, digest: hashlib._Hash,
-                partial: Path) -> None:
+                partial: Path, checksum: bool = True) -> None:
         url = f"s3://{bucket}/{key}"
         mode = self.opt("checksum") or "auto"
-        if mode != "off":
+        if checksum and mode != "off":
             expected = _published_sha256(resp) or self._sidecar_sha256(s3, bucket, key)
             if expected is None and mode == "required":
                 raise IntegrityError(f"{url} has no published sha256",
