@@ -10,6 +10,7 @@ second line of defence.
 
 from __future__ import annotations
 
+import os
 import stat
 import tarfile
 import zipfile
@@ -88,7 +89,17 @@ def _extract_tar(archive: Path, dest: Path, bundle: str, limits: Limits) -> None
             elif not (m.isfile() or m.isdir()):
                 raise IntegrityError(f"bundle {bundle!r} has a device or special file "
                                      f"{m.name!r}", hint="bundles may hold files, dirs, links")
-        tar.extractall(dest, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, members=members, filter="data")
+            return
+        # Python before 3.11.4 (Debian 12's python3 is 3.11.2) has no extraction filters: the
+        # checks above are the defence, plus what the "data" filter would also do to modes
+        # and owners (no set-id bits, no group/other write, owned by whoever extracts).
+        for m in members:
+            m.mode &= 0o755
+            m.uid = m.gid = os.getuid()
+            m.uname = m.gname = ""
+        tar.extractall(dest, members=members)  # noqa: S202 - members checked above
 
 
 def _extract_zip(archive: Path, dest: Path, bundle: str, limits: Limits) -> None:
