@@ -22,8 +22,14 @@ Facts this relies on (checked against moto 5.2.5 on this machine):
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
+import tarfile
 import urllib.request
+import zipfile
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
@@ -104,3 +110,77 @@ class MotoServer:
             "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
             "AWS_DEFAULT_REGION": self.region,
         }
+
+
+# -- publishing a bundle ------------------------------------------------------------------------
+
+# Version control and cache dirs are not part of a playbook tree (as for directory sources).
+_SKIP_DIRS: Final = frozenset({".git", ".hg", ".svn", "__pycache__", ".molecule", ".venv",
+                               ".tox", ".mypy_cache", ".ruff_cache", ".pytest_cache"})
+
+
+def bundle_keys(source_url: str, roles: list[str]) -> tuple[str, list[str]]:
+    """(bucket, keys) a source URL names: one key per role when it has ``{role}``."""
+    from pullboot.sources.s3 import parse_s3_url
+
+    bucket, template = parse_s3_url(source_url)
+    if "{role}" not in template:
+        return bucket, [template]
+    if not roles:
+        raise SimError(f"{source_url} has {{role}} but the instance has no role",
+                       hint="give --role (or the pullboot:role tag)")
+    return bucket, list(dict.fromkeys(template.replace("{role}", r) for r in roles))
+
+
+def pack(tree: Path, key: str) -> bytes:
+    """``tree`` as a .tar.gz (or .zip, by ``key``'s suffix), files at the archive's root."""
+    files = sorted(_tree_files(tree))
+    buf = io.BytesIO()
+    if key.lower().endswith(".zip"):
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in files:
+                zf.write(path, path.relative_to(tree).as_posix())
+    else:
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for path in files:
+                tar.add(path, path.relative_to(tree).as_posix(), recursive=False)
+    return buf.getvalue()
+
+
+def publish(endpoint: str, *, region: str, source_url: str, roles: list[str],
+            tree: Path) -> list[str]:
+    """Create the bucket in the S3 server at ``endpoint`` and upload ``tree`` as the bundle(s).
+
+    Each bundle gets a ``<key>.sha256`` sidecar, which pullboot verifies (``s3.checksum``).
+    Returns the s3:// URLs written.
+    """
+    import boto3
+
+    if not tree.is_dir():
+        raise SimError(f"bundle directory {tree} does not exist",
+                       hint="give --bundle DIR: the playbook tree to serve from S3")
+    bucket, keys = bundle_keys(source_url, roles)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=region,
+                      aws_access_key_id=DUMMY_ACCESS_KEY,
+                      aws_secret_access_key=DUMMY_SECRET_KEY)
+    params: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":
+        params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    s3.create_bucket(**params)
+    written = []
+    for key in keys:
+        body = pack(tree, key)
+        digest = hashlib.sha256(body).hexdigest()
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        s3.put_object(Bucket=bucket, Key=f"{key}.sha256",
+                      Body=f"{digest}  {key.rsplit('/', 1)[-1]}\n".encode())
+        written.append(f"s3://{bucket}/{key}")
+    return written
+
+
+def _tree_files(tree: Path) -> list[Path]:
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        out.extend(Path(dirpath, f) for f in filenames if not f.endswith(".pyc"))
+    return out
