@@ -6,10 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export CONTAINERS_CONF := $(CURDIR)/packaging/podman/containers.conf
 
-.PHONY: help venv demo test test-fast test-container lint typecheck bench clean
+.PHONY: help venv demo demo-local demo-down test test-fast test-container lint typecheck bench clean
 
 help:
-	@echo "make demo            run the boot job locally on this repo's demo role (no AWS)"
+	@echo "make demo            boot a simulated EC2 instance: this repo's web role, no AWS (podman)"
+	@echo "make demo-down       remove the simulated instance"
+	@echo "make demo-local      run the boot job on this machine on the demo role (no containers)"
 	@echo "make test            every test: unit, integration and container (molecule) tests"
 	@echo "make test-fast       tests without containers"
 	@echo "make test-container  only the container tests (podman + molecule)"
@@ -24,7 +26,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# The quick start: an instance boots from the pullboot image and converges the web role from
+# this repository (its committed HEAD, over git+file://), then its page is fetched. The image is
+# built once and cached.
 demo: $(STAMP)
+	@scripts/require-podman
+	$(BIN)/pullboot sim boot --role web --source git+file://$(CURDIR)
+
+demo-down: $(STAMP)
+	$(BIN)/pullboot sim down
+
+demo-local: $(STAMP)
 	@scripts/demo
 
 test: $(STAMP)

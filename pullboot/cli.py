@@ -92,7 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --wait: give up after SECONDS (exit 5; default: no limit)")
     status.add_argument("-v", "--verbose", action="count", default=0)
     status.set_defaults(func=cmd_status)
+    from pullboot.sim import cli as sim_cli  # argparse only; the simulator loads on use
+
+    sim_cli.add_parser(sub).set_defaults(func=cmd_sim)
     return parser
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """``pullboot sim ...``: the instance simulator (its own CLI module renders)."""
+    from pullboot.sim import cli as sim_cli
+
+    return sim_cli.run(args)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
