@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from pullboot import config, pipeline, secrets, ship, signals, splay
 from pullboot.errors import EXIT_PLAY_FAILED, ConfigError, PullbootError
+from pullboot.identity import Identity
 from pullboot.lock import RunLock
 from pullboot.report import Report
 from pullboot.state import StateDir, write_json_atomic
@@ -88,6 +89,8 @@ class _Job:
         self.status = StatusFile(Path(base.get("status_file")))
         self.guard = secrets.SecretGuard()
         self.resolution: pipeline.Resolution | None = None
+        self.identified = False
+        self.plan_ctx: signals.PlanContext | None = None
         self.planned: list[signals.Readiness] = []
         self.boot_run = True
         self.splay_s = 0.0
@@ -117,7 +120,8 @@ class _Job:
                 handler.removeFilter(redact_logs)
 
     def _run_pipeline(self) -> pipeline.RunResult:
-        req = replace(self.req, on_phase=self._on_phase, before_fetch=self._before_fetch,
+        req = replace(self.req, on_phase=self._on_phase, on_identity=self._on_identity,
+                      before_fetch=self._before_fetch,
                       secrets=self.guard, on_event=self._redacted_events(self.req.on_event))
         try:
             return pipeline.run(req)
@@ -131,13 +135,19 @@ class _Job:
     def _on_phase(self, phase: str, run_id: str) -> None:
         self.status.phase(phase, run_id)
 
-    def _before_fetch(self, res: pipeline.Resolution) -> None:
-        self.resolution = res
-        self.boot_run = _is_boot_run(res.state)
-        ctx = signals.PlanContext(res.settings, res.identity)
-        self.planned = signals.plan_all(ctx, boot_run=self.boot_run)
+    def _on_identity(self, settings: config.Settings, identity: Identity) -> None:
+        # Planned before roles are validated, so that a bad or missing role
+        # still gets its ABANDON/FAILURE instead of a stack waiting out its timeout.
+        self.identified = True
+        self.boot_run = _is_boot_run(self.state)
+        self.plan_ctx = signals.PlanContext(settings, identity)
+        self.planned = signals.plan_all(self.plan_ctx, boot_run=self.boot_run)
         for signal in self.planned:
             signal.start(self.req.cancel)
+
+    def _before_fetch(self, res: pipeline.Resolution) -> None:
+        self.resolution = res
+        ctx = self.plan_ctx or signals.PlanContext(res.settings, res.identity)
         template = ctx.setting("results.s3").value
         if template:
             ship.check_template(template)
@@ -164,7 +174,7 @@ class _Job:
         """Send the signals, then add what boot integration knows to the report (redacted)."""
         warnings = list(report.warnings)
         sent: list[dict[str, Any]] = []
-        if self.resolution is None:
+        if not self.identified:
             if any(self.base.get(key) for key in SIGNAL_SWITCHES):
                 warnings.append("readiness signals not sent: the run ended before the "
                                 "instance identity was known")
@@ -178,13 +188,14 @@ class _Job:
             sent = [r.as_dict() for r in results]
             failed = [r for r in results if not r.ok]
             warnings += [f"signal {r.kind} failed: {r.detail}" for r in failed]
-            if failed and self.resolution.settings.get("signals.strict") and report.exit_code == 0:
+            strict = self.plan_ctx is not None and self.plan_ctx.settings.get("signals.strict")
+            if failed and strict and report.exit_code == 0:
                 report = replace(report, status="error", exit_code=EXIT_PLAY_FAILED, error={
                     "stage": "signal", "type": "SignalError",
                     "message": f"readiness signal {failed[0].kind} failed: {failed[0].detail}",
                     "hint": "signals.strict is on: fix the signal, or turn it off"})
-        if self.resolution is not None and self.boot_run:
-            _mark_boot_run(self.resolution.state, report.run_id)
+        if self.identified and self.boot_run:
+            _mark_boot_run(self.state, report.run_id)
         report = replace(report, signals=sent, warnings=warnings, secrets=self.guard.names,
                          splay_s=self.splay_s)
         return self._redact(report)

@@ -51,8 +51,12 @@ class Request:
     # Called with each phase name (resolve, fetch, run, report) as the run
     # proceeds; boot integration writes the live status file from it.
     on_phase: Callable[[str, str], None] | None = None
+    # Called as soon as identity and settings are known, before roles are
+    # validated: readiness signals must be able to say ABANDON even when no
+    # valid role is found.
+    on_identity: Callable[[config.Settings, Identity], None] | None = None
     # Called once identity and roles are known, before anything is fetched
-    # (splay, lifecycle heartbeats start here).
+    # (splay, secrets).
     before_fetch: Callable[[Resolution], None] | None = None
     # The run's secrets (boot integration fills it in before_fetch): values to
     # redact from events and artifacts, and ansible's env (references only).
@@ -91,6 +95,8 @@ def resolve(req: Request) -> Resolution:
     settings = config.resolve([cli, env, roles.user_data_layer(section),
                                roles.tag_layer(identity, role_tag=base.get("role_tag")), cfg])
     _log_origins(settings)
+    if req.on_identity is not None:
+        req.on_identity(settings, identity)
     looked = _places_looked(settings, identity, section, req.config_path)
     chosen = roles.resolve_roles(settings, looked=looked) if settings.get("roles") else ()
     return Resolution(settings=settings, identity=identity, roles=chosen, state=state)

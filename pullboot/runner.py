@@ -121,9 +121,20 @@ def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
         # Otherwise ansible-runner writes extravars/envvars to env/ and then
         # silently reuses those files on the next run.
         "suppress_env_files": True,
-        "settings": {"pexpect_timeout": POLL_SECONDS},
+        "settings": _settings(spec),
     }
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _settings(spec: RunSpec) -> dict[str, Any]:
+    # ansible-runner ignores the settings argument unless env/settings exists
+    # (it resets them to {} when the file is missing), so the file is written
+    # too. It holds no secrets: only how often to poll for cancel and timeout.
+    settings = {"pexpect_timeout": POLL_SECONDS}
+    path = spec.private_dir / "env" / "settings"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings), encoding="utf-8")
+    return settings
 
 
 def _entry_playbook(spec: RunSpec) -> Path:

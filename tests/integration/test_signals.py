@@ -192,3 +192,22 @@ def test_no_identity_no_signal_but_a_clear_warning(aws_query: Any, make_repo: An
     assert aws_query.calls == []
     assert {s["kind"] for s in res.report["signals"]} == {"tags", "cloudformation", "lifecycle"}
     assert all(not s["ok"] and "no instance id" in s["detail"] for s in res.report["signals"])
+
+
+def test_no_valid_role_still_abandons(aws: Any, aws_query: Any, make_imds: Any,
+                                      make_repo: Any, tmp_path: Path) -> None:
+    """A run that dies at role resolution must not leave the group waiting out its timeout."""
+    instance_id = _instance(aws)
+    make_imds(instance_id=instance_id, tags={
+        "pullboot:role": "../../etc", "aws:autoscaling:groupName": GROUP,
+        "aws:cloudformation:stack-name": STACK, "aws:cloudformation:logical-id": RESOURCE})
+    _config(tmp_path)
+    repo = make_repo(web_tree())
+    res = run_cli("run", "--source", repo.url, "--json")
+    assert res.rc == 3, res.stderr
+    [complete] = aws_query.calls_for("CompleteLifecycleAction")
+    assert complete["params"]["LifecycleActionResult"] == "ABANDON"
+    assert complete["params"]["InstanceId"] == instance_id
+    [signal] = aws_query.calls_for("SignalResource")
+    assert signal["params"]["Status"] == "FAILURE"
+    assert _tags(aws, instance_id)["pullboot:status"] == "error"
