@@ -71,6 +71,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     boot.add_argument("--instance-type", default="t3.micro")
     boot.add_argument("--region", default="eu-west-1")
     boot.add_argument("--rebuild", action="store_true", help="rebuild the image")
+    boot.add_argument("--image", metavar="NAME",
+                      help="boot this image as it is (default: build or find the one for "
+                      "this checkout)")
 
     image = cmds.add_parser("image", parents=[common],
                             help="build the instance image, or find it cached; print its name")
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         return _serve(args)
     sim = Simulator(note=_note, stream=_stream)
     if args.sim_command == "boot":
-        result = sim.boot(_spec(args), rebuild=args.rebuild, timeout=args.timeout)
+        result = sim.boot(_spec(args), rebuild=args.rebuild, image_name=args.image,
+                          timeout=args.timeout)
         return _render_run(args, result, result.run, result.page, boot=True)
     if args.sim_command == "image":
         built = sim.image(rebuild=args.rebuild)

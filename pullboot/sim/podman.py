@@ -94,4 +94,7 @@ class Podman:
     def remove_container(self, name: str) -> None:
         """Stop (systemd gets its stop signal) and remove ``name``; fine if it is absent."""
         if self.container_exists(name):
-            self.run("rm", "--force", "--time", "20", name, timeout=120)
+            # `podman rm --force` does not send the image's stop signal (SIGRTMIN+3, which
+            # systemd takes as "shut down"), so it waits out its timeout: stop, then remove.
+            self.run("stop", "--time", "30", name, check=False, timeout=120)
+            self.run("rm", "--force", name, timeout=120)

@@ -155,6 +155,7 @@ def publish(endpoint: str, *, region: str, source_url: str, roles: list[str],
     Returns the s3:// URLs written.
     """
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     if not tree.is_dir():
         raise SimError(f"bundle directory {tree} does not exist",
@@ -166,15 +167,19 @@ def publish(endpoint: str, *, region: str, source_url: str, roles: list[str],
     params: dict[str, Any] = {"Bucket": bucket}
     if region != "us-east-1":
         params["CreateBucketConfiguration"] = {"LocationConstraint": region}
-    s3.create_bucket(**params)
     written = []
-    for key in keys:
-        body = pack(tree, key)
-        digest = hashlib.sha256(body).hexdigest()
-        s3.put_object(Bucket=bucket, Key=key, Body=body)
-        s3.put_object(Bucket=bucket, Key=f"{key}.sha256",
-                      Body=f"{digest}  {key.rsplit('/', 1)[-1]}\n".encode())
-        written.append(f"s3://{bucket}/{key}")
+    try:
+        s3.create_bucket(**params)
+        for key in keys:
+            body = pack(tree, key)
+            digest = hashlib.sha256(body).hexdigest()
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
+            s3.put_object(Bucket=bucket, Key=f"{key}.sha256",
+                          Body=f"{digest}  {key.rsplit('/', 1)[-1]}\n".encode())
+            written.append(f"s3://{bucket}/{key}")
+    except (BotoCoreError, ClientError) as exc:
+        raise SimError(f"cannot publish {source_url} to the S3 emulator: {exc}",
+                       hint="check the bucket name and key in --source") from exc
     return written
 
 

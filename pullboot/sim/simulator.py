@@ -85,9 +85,13 @@ class Simulator:
         self.stream = stream
         self.home = home or sim_home()
 
-    def boot(self, spec: InstanceSpec, *, rebuild: bool = False,
+    def boot(self, spec: InstanceSpec, *, rebuild: bool = False, image_name: str | None = None,
              timeout: float = DEFAULT_TIMEOUT_S) -> BootResult:
-        """Build/find the image, start the servers, boot the instance, wait for the boot run."""
+        """Build/find the image, start the servers, boot the instance, wait for the boot run.
+
+        ``image_name`` boots that image as it is (e.g. one ``image()`` returned earlier), for
+        launches that must not depend on the checkout changing meanwhile.
+        """
         started = time.monotonic()
         checkout = find_checkout()
         podman = Podman.locate(checkout)
@@ -100,8 +104,9 @@ class Simulator:
         if replaced:
             self.note(f"replacing the simulated instance {spec.name!r}")
             self._down(podman, spec.name)
-        image = ensure_image(podman, checkout, rebuild=rebuild, note=self.note,
-                             on_line=self.stream)
+        image = (_given_image(podman, image_name) if image_name
+                 else ensure_image(podman, checkout, rebuild=rebuild, note=self.note,
+                                   on_line=self.stream))
         self.note(f"image {image.name}: "
                   + (f"cached (found in {image.seconds:.1f}s)" if image.cached
                      else f"built in {image.seconds:.0f}s"))
@@ -214,6 +219,13 @@ class Simulator:
         if not listening:
             return None
         return instance.check_page(ports[WEB_PORT])
+
+
+def _given_image(podman: Podman, name: str) -> ImageResult:
+    started = time.monotonic()
+    if not podman.image_exists(name):
+        raise SimError(f"image {name} does not exist", hint="pullboot sim image builds it")
+    return ImageResult(name, name.rpartition(":")[2], True, time.monotonic() - started, True)
 
 
 def _checkout_or_none() -> Path | None:
