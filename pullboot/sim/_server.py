@@ -26,7 +26,8 @@ import socketserver
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 LOOPBACK: Final = "127.0.0.1"
 _JOIN_TIMEOUT_S: Final = 5.0  # safety bound on teardown only, never used to synchronise
@@ -270,3 +271,53 @@ class FakeHTTPHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+class LoopbackService:
+    """Lifecycle shared by the emulators and fakes built on :class:`SwitchableServer`.
+
+    Subclasses set ``self._server`` and ``self._start_down`` in ``__init__``
+    (which does no I/O); ``start()`` binds 127.0.0.1 on an ephemeral port.
+    """
+
+    _server: SwitchableServer
+    _start_down: bool
+
+    def start(self) -> None:
+        """Bind 127.0.0.1:<ephemeral>; listen unless constructed with ``start_down=True``."""
+        self._server.start(listening=not self._start_down)
+
+    def stop(self) -> None:
+        """Close the port and every connection; idempotent."""
+        self._server.stop()
+
+    def down(self) -> None:
+        """Refuse connections (ECONNREFUSED) and drop open ones; the port stays reserved."""
+        self._server.down()
+
+    def up(self) -> None:
+        """Accept connections again, on the same port."""
+        self._server.up()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return self._server.url
+
+    @property
+    def port(self) -> int:
+        """The listening port (stable across down/up)."""
+        return self._server.port
+
+    @property
+    def is_up(self) -> bool:
+        """True while the port accepts connections."""
+        return self._server.is_up

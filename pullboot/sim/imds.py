@@ -35,10 +35,9 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any, Final, NamedTuple
 
-from pullboot.sim._server import FakeHTTPHandler, SwitchableServer
+from pullboot.sim._server import FakeHTTPHandler, LoopbackService, SwitchableServer
 
 TOKEN_PATH: Final = "/latest/api/token"  # noqa: S105 - a path, not a secret
 TOKEN_HEADER: Final = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
@@ -66,7 +65,7 @@ def _validate_tags(tags: Mapping[str, str] | None) -> dict[str, str] | None:
     return dict(tags)
 
 
-class FakeIMDS:
+class FakeIMDS(LoopbackService):
     """IMDSv2 emulator; see the module docstring for the behaviour contract.
 
     The constructor does no I/O; ``start()`` (or ``with FakeIMDS(...) as imds``) binds the port.
@@ -121,49 +120,6 @@ class FakeIMDS:
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Bind 127.0.0.1:<ephemeral>; listen unless constructed with ``start_down=True``."""
-        self._server.start(listening=not self._start_down)
-
-    def stop(self) -> None:
-        """Close the port and every connection; idempotent."""
-        self._server.stop()
-
-    def down(self) -> None:
-        """Refuse connections (ECONNREFUSED) and drop open ones; the port stays reserved."""
-        self._server.down()
-
-    def up(self) -> None:
-        """Accept connections again, on the same port."""
-        self._server.up()
-
-    def __enter__(self) -> FakeIMDS:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``: the value for AWS_EC2_METADATA_SERVICE_ENDPOINT."""
-        return self._server.url
-
-    @property
-    def port(self) -> int:
-        """The listening port (stable across down/up)."""
-        return self._server.port
-
-    @property
-    def is_up(self) -> bool:
-        """True while the port accepts connections."""
-        return self._server.is_up
 
     # -- mutable state -----------------------------------------------------------------------
 

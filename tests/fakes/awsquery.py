@@ -33,10 +33,10 @@ import threading
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, TypedDict
 from xml.sax.saxutils import escape
 
+from pullboot.sim._server import LoopbackService
 from tests.fakes._server import FakeHTTPHandler, Relayed, SwitchableServer, parse_upstream, relay
 
 AUTO_SCALING_ENDPOINT_ENV: Final = "AWS_ENDPOINT_URL_AUTO_SCALING"
@@ -129,7 +129,7 @@ def success_xml(action: str, spec: _Action, request_id: str | None = None) -> by
     ).encode()
 
 
-class FakeAwsQuery:
+class FakeAwsQuery(LoopbackService):
     """HTTP fake for CompleteLifecycleAction, RecordLifecycleActionHeartbeat and SignalResource.
 
     ``upstream``: base URL (``http://127.0.0.1:PORT``) that receives every other action
@@ -145,35 +145,6 @@ class FakeAwsQuery:
         self._server = SwitchableServer(
             functools.partial(_QueryHandler, fake=self), name="fake-aws-query"
         )
-
-    def start(self) -> None:
-        """Bind 127.0.0.1:<ephemeral>; listen unless constructed with ``start_down=True``."""
-        self._server.start(listening=not self._start_down)
-
-    def stop(self) -> None:
-        """Close the port and every connection; idempotent."""
-        self._server.stop()
-
-    def down(self) -> None:
-        """Refuse connections and drop open ones; the port stays reserved."""
-        self._server.down()
-
-    def up(self) -> None:
-        """Accept connections again, on the same port."""
-        self._server.up()
-
-    def __enter__(self) -> FakeAwsQuery:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``: the value for both endpoint env vars."""
-        return self._server.url
 
     def env(self) -> dict[str, str]:
         """Service-specific endpoint env vars routing Auto Scaling and CloudFormation here."""

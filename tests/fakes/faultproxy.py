@@ -36,10 +36,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Final, Literal, NamedTuple
 from xml.sax.saxutils import escape
 
+from pullboot.sim._server import LoopbackService
 from tests.fakes._server import FakeHTTPHandler, Relayed, SwitchableServer, parse_upstream, relay
 
 S3_ENDPOINT_ENV: Final = "AWS_ENDPOINT_URL_S3"
@@ -75,7 +75,7 @@ def s3_error_xml(code: str, message: str) -> bytes:
     ).encode()
 
 
-class FaultProxy:
+class FaultProxy(LoopbackService):
     """Fault-injecting HTTP proxy; see the module docstring. The constructor does no I/O."""
 
     def __init__(self, upstream: str, *, start_down: bool = False) -> None:
@@ -90,35 +90,6 @@ class FaultProxy:
         self._server = SwitchableServer(
             functools.partial(_ProxyHandler, proxy=self), name="fault-proxy"
         )
-
-    def start(self) -> None:
-        """Bind 127.0.0.1:<ephemeral>; listen unless constructed with ``start_down=True``."""
-        self._server.start(listening=not self._start_down)
-
-    def stop(self) -> None:
-        """Close the port and every connection; idempotent."""
-        self._server.stop()
-
-    def down(self) -> None:
-        """Refuse connections and drop open ones (in-flight downloads die); port kept."""
-        self._server.down()
-
-    def up(self) -> None:
-        """Accept connections again, on the same port."""
-        self._server.up()
-
-    def __enter__(self) -> FaultProxy:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return self._server.url
 
     # -- faults ------------------------------------------------------------------------------
 
