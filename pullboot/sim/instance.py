@@ -223,17 +223,23 @@ def _follow(podman: Podman, container: str, unit: str, cursor: str | None, *,
             deadline: float, on_line: Line) -> str:
     """Stream ``unit``'s journal entries until systemd logs its start job's result."""
     _wait_systemd(podman, container, deadline)
-    args = ["exec", container, "journalctl", "--no-tail", "--follow", "--output", "json",
-            "--unit", unit]
+    journal = ["journalctl", "--no-tail", "--follow", "--output", "json", "--unit", unit]
     if cursor:
-        args += ["--after-cursor", cursor]
-    proc = podman.popen(*args, stderr=subprocess.DEVNULL)
+        journal += ["--after-cursor", cursor]
+    # Killing `podman exec` leaves the command running in the container, so the follower
+    # first says its pid in there, to be stopped by it.
+    proc = podman.popen("exec", container, "sh", "-c", 'echo "pid $$"; exec "$@"', "sh",
+                        *journal, stderr=subprocess.DEVNULL)
     watchdog = threading.Timer(max(deadline - time.monotonic(), 1.0), proc.kill)
     watchdog.start()
     result: str | None = None
+    inner_pid: str | None = None
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
+            if inner_pid is None and raw.startswith("pid "):
+                inner_pid = raw.split()[1]
+                continue
             entry = _parse(raw)
             if entry is None:
                 continue
@@ -247,8 +253,13 @@ def _follow(podman: Podman, container: str, unit: str, cursor: str | None, *,
                 break
     finally:
         watchdog.cancel()
-        proc.kill()
-        proc.wait()
+        if inner_pid is not None and inner_pid.isdigit():
+            podman.run("exec", container, "kill", inner_pid, check=False, timeout=30)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     if result is None:
         raise SimError(f"{unit} in {container} did not finish before the deadline",
                        hint=f"podman exec {container} journalctl -u {unit}; raise --timeout")
