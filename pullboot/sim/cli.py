@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _spec(args: argparse.Namespace) -> Any:
     from pullboot.roles import check_role_name
-    from pullboot.sim.spec import InstanceSpec, new_instance_id, parse_pairs
+    from pullboot.sim.spec import InstanceSpec, absolute_source, new_instance_id, parse_pairs
 
     roles = tuple(check_role_name(r.strip(), origin="--role")
                   for item in args.role for r in item.split(",") if r.strip())
@@ -140,7 +140,8 @@ def _spec(args: argparse.Namespace) -> Any:
             raise ConfigError(f"--user-data {args.user_data}: {exc.strerror}",
                               hint="give a readable file") from None
     spec = InstanceSpec(
-        name=args.name, instance_id=new_instance_id(), roles=roles, source=args.source,
+        name=args.name, instance_id=new_instance_id(), roles=roles,
+        source=absolute_source(args.source) if args.source else None,
         ref=args.ref, vars=parse_pairs(args.var, what="-e"),
         tags=parse_pairs(args.tag, what="--tag"), user_data=user_data,
         env=parse_pairs(args.env, what="--env"), bundle=str(Path(args.bundle).resolve()),

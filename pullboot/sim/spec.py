@@ -163,6 +163,12 @@ def for_instance(value: str) -> str:
     return value
 
 
+def absolute_source(source: str) -> str:
+    """``source`` with a relative local path made absolute (the servers run from ``/``)."""
+    path = local_path(source)
+    return str(path) if path is not None and not urlsplit(source).scheme else source
+
+
 def source_for_instance(source: str) -> str:
     """The source URL in the instance: loopback rewritten, a local path made absolute."""
     path = local_path(source)
