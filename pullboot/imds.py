@@ -16,18 +16,19 @@ The endpoint honours ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http.client import HTTPException
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pullboot.errors import IdentityError
+
+if TYPE_CHECKING:
+    import urllib.request
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,15 @@ class ImdsClient:
         )
 
     def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        # urllib.request pulls in http.client and email (~15 ms): only on EC2.
+        import urllib.error
+        import urllib.request
+        from http.client import HTTPException
+
         url = self._opt.endpoint + path
         req = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310
         try:
-            with _OPENER.open(req, timeout=self._opt.timeout) as resp:
+            with _opener().open(req, timeout=self._opt.timeout) as resp:
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             with exc:
@@ -191,5 +197,9 @@ class ImdsClient:
             raise _Retry(str(reason) or type(exc).__name__) from None
 
 
-# IMDS must never go through an HTTP proxy from the environment.
-_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    """IMDS must never go through an HTTP proxy from the environment."""
+    import urllib.request
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -10,8 +10,6 @@ Never log the raw user-data: it often holds secrets.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import gzip
 import io
 import logging
@@ -64,6 +62,9 @@ def _documents(raw: bytes) -> Iterator[Any]:
         return
     head = data[:512].lstrip().lower()
     if head.startswith((b"content-type:", b"mime-version:")):
+        import email  # ~10 ms, and only MIME user-data needs it
+        import email.policy
+
         message = email.message_from_bytes(data, policy=email.policy.compat32)
         for part in message.walk():
             if part.is_multipart():

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pullboot.archive import Limits, extract
 from pullboot.errors import AuthError, ConfigError, IntegrityError, SourceError
 from pullboot.errors import TransientSourceError as Transient
 from pullboot.sources.base import Source, register
@@ -85,6 +84,8 @@ class S3Source(Source):
         return "+".join(revisions)
 
     def export(self, dest: Path) -> None:
+        from pullboot.archive import Limits, extract  # tarfile, zipfile: only for S3 bundles
+
         limits = Limits(max_bytes=self.opt("max_bytes") or Limits.max_bytes,
                         max_members=self.opt("max_members") or Limits.max_members)
         for key in self.keys():
