@@ -54,5 +54,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check pullboot tests
 	$(BIN)/mypy
 
+# pullboot against ansible-playbook and ansible-pull on this machine (bench/README.md): about
+# 10 minutes on 2 cores. Writes bench/out/ and the generated part of bench/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/python -c 'import pyinstrument' 2>/dev/null || $(BIN)/pip install -q -e '.[test,bench]'
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
