@@ -26,15 +26,25 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def _fill(fs: Path) -> Path:
+def _fill(fs: Path, *, leave: int = 0) -> Path:
+    """Fill ``fs`` until at most ``leave`` bytes are free (unbuffered: no surprise on close)."""
     filler = fs / "filler"
-    with filler.open("wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * (1 << 16))
-                fh.flush()
-        except OSError:
-            pass
+    try:
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError:  # already full (a failed fetch may have used the rest)
+        return filler
+    try:
+        chunk = 1 << 16
+        while True:
+            st = os.statvfs(fs)
+            free = st.f_bavail * st.f_frsize
+            if leave and free <= leave + chunk:
+                break
+            os.write(fd, b"\0" * (chunk if free > chunk else 4096))
+    except OSError:
+        pass  # full
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -47,21 +57,35 @@ def test_full_state_dir_keeps_the_last_good_release(make_repo: Any, small_fs: Pa
     good = run_cli(*args)
     assert good.rc == 0, good.stderr
     good_release = state / "releases" / good.report["source"]["release"]
-    repo.commit({"big.bin": os.urandom(64 * 1024).hex()}, "a change that needs space")
+    repo.commit({"big.bin": os.urandom(256 * 1024).hex()}, "a change that needs space")
+
+    # Room for the run's own files, not for the new release: a source error.
+    filler = _fill(small_fs, leave=300 * 1024)
+    mid_fetch = run_cli(*args)
+    assert mid_fetch.rc == 4, mid_fetch.stderr
+    assert "No space left" in mid_fetch.stderr
+    assert "Traceback" not in mid_fetch.stderr
+    _assert_untouched(state, good_release)
+    filler.unlink(missing_ok=True)
+
+    # No room at all: the state dir itself is unusable.
     filler = _fill(small_fs)
-
     full = run_cli(*args)
-    assert full.rc in (2, 4), full.stderr  # state or source error, never a traceback
+    assert full.rc == 2, full.stderr
+    assert "No space left" in full.stderr
+    assert "free space" in full.stderr
     assert "Traceback" not in full.stderr
-    assert "No space left" in full.stderr or "No space left" in full.stdout
-    assert os.readlink(state / "current") == f"releases/{good_release.name}"
-    assert (good_release / "playbooks" / "web.yml").is_file()
-    assert not list((state / "releases").glob(".staging-*"))
-
-    filler.unlink()
+    _assert_untouched(state, good_release)
+    filler.unlink(missing_ok=True)
     again = run_cli(*args)
     assert again.rc == 0, again.stderr
     assert again.report["source"]["revision"] == repo.head
+
+
+def _assert_untouched(state: Path, good_release: Path) -> None:
+    assert os.readlink(state / "current") == f"releases/{good_release.name}"
+    assert (good_release / "playbooks" / "web.yml").is_file()
+    assert not list((state / "releases").glob(".staging-*"))
 
 
 def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path, make_repo: Any) -> None:
