@@ -11,8 +11,10 @@ from urllib.parse import unquote, urlsplit
 from pullboot.errors import SourceError
 from pullboot.sources.base import Source, register
 
-# Version control and cache dirs are not part of the tree we run.
-_SKIP = frozenset({".git", ".hg", ".svn", "__pycache__", ".molecule", ".venv", ".tox"})
+# Version control, virtualenvs and tool caches are not part of the tree we run
+# (a checkout's .mypy_cache alone can be tens of MB per release).
+_SKIP = frozenset({".git", ".hg", ".svn", "__pycache__", ".molecule", ".venv", ".tox",
+                   ".mypy_cache", ".ruff_cache", ".pytest_cache", "node_modules"})
 
 
 @register

@@ -268,3 +268,37 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
                          check=False, capture_output=True, text=True, timeout=60)
     # verify exits 0 on unknown keys and bad values too; any output is a finding.
     assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+
+
+def test_the_agent_role_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The image's units come from roles/pullboot_agent templates: render them and verify."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: install systemd (.ci/run does)"
+    role = UNITS.parents[1] / "roles" / "pullboot_agent"
+    names = ["pullboot.service", "pullboot-converge.service", "pullboot.timer"]
+    exe = Path(sys.executable).parent / "pullboot"
+    play = tmp_path / "render.yml"
+    play.write_text(f"""\
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  vars_files: ["{role}/defaults/main.yml"]
+  vars:
+    pullboot_agent_bin: "{exe}"
+  tasks:
+    - name: render the units
+      ansible.builtin.template:
+        src: "{role}/templates/{{{{ item }}}}.j2"
+        dest: "{tmp_path}/{{{{ item }}}}"
+        mode: "0644"
+      loop: {names}
+""")
+    rendered = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(play)],
+        check=False, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "ANSIBLE_PYTHON_INTERPRETER": sys.executable})
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    assert f"ExecStart={exe} run" in (tmp_path / "pullboot.service").read_text()
+    res = subprocess.run([analyze, "verify", *(str(tmp_path / n) for n in names)],
+                         check=False, capture_output=True, text=True, timeout=60)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
