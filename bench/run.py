@@ -99,6 +99,8 @@ class Comparison:
             "outcome_pullboot": self.our_samples[-1].outcome, "note": self.note,
             "ref_samples_s": [round(s.wall_s, 3) for s in self.ref_samples],
             "pullboot_samples_s": [round(s.wall_s, 3) for s in self.our_samples],
+            "ref_cpu_samples_s": [round(s.cpu_s, 3) for s in self.ref_samples],
+            "pullboot_cpu_samples_s": [round(s.cpu_s, 3) for s in self.our_samples],
         }
 
 
@@ -647,6 +649,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if min(args.runs, args.large_runs) < 5:
+        print("note: fewer than 5 runs per side: fine for a try, not for RESULTS.md",
+              file=sys.stderr)
     only = set(args.only or ["overhead", "git", "unchanged", "large", "startup"])
     started = time.monotonic()
     OUT.mkdir(parents=True, exist_ok=True)
