@@ -431,7 +431,7 @@ def large(runner: Runner, fx: Fixtures, runs: int, rss_runs: int,
     interleave(runner, comp, ref, ours(big), runs, warm_up=False)
     print(f"\n== pullboot's own peak RSS at {small} tasks: {rss_runs} runs", flush=True)
     at_small = [runner.measure(ours(small)) for _ in range(rss_runs)]
-    rss = {
+    rss: dict[str, Any] = {
         "method": "getrusage(RUSAGE_SELF).ru_maxrss inside the pullboot process "
                   "(bench/_rss.py); VmHWM of the same PID polled every 0.1 s as a cross-check",
         "target_mb": 150,
