@@ -656,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     OUT.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pullboot-bench-"))
-    result: dict[str, Any] = {"command": "python bench/run.py " + " ".join(argv or sys.argv[1:]),
+    result: dict[str, Any] = {"command": " ".join(["python bench/run.py", *(argv or sys.argv[1:])]),
                               "machine": machine(), "comparisons": []}
     print(f"pullboot bench in {work}\nmachine: {json.dumps(result['machine'])}", flush=True)
     sizes = (args.large_tasks[0], args.large_tasks[1])
