@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pullboot import config, pipeline, secrets, ship, signals, splay
-from pullboot.errors import EXIT_PLAY_FAILED, ConfigError, PullbootError
+from pullboot.errors import EXIT_PLAY_FAILED, PullbootError
 from pullboot.identity import Identity
 from pullboot.lock import RunLock
 from pullboot.report import Report
@@ -37,28 +37,10 @@ OK_STATUSES: Final = ("successful", "unchanged")
 SIGNAL_SWITCHES: Final = ("signals.lifecycle_hook", "signals.cloudformation", "signals.tags")
 
 
-def base_settings(req: pipeline.Request) -> config.Settings:
-    """Settings knowable before IMDS (cli, env, config file), for the lock and status file.
-
-    A broken config file must not stop the run from reporting that it is
-    broken: then the file is left out here (pipeline.run reports the error).
-    """
-    try:
-        return config.resolve(pipeline.base_layers(req))
-    except ConfigError:
-        pass
-    try:
-        cli = config.Layer("cli", {key: config.coerce(key, value, where="the command line")
-                                   for key, value in req.cli.items()})
-        return config.resolve([cli, config.env_layer(req.environ)])
-    except ConfigError:
-        return config.resolve([])
-
-
 @contextmanager
 def locked(req: pipeline.Request, *, command: str) -> Iterator[config.Settings]:
     """Hold the state dir's run lock (``lock.wait`` seconds of patience) for a block."""
-    base = base_settings(req)
+    base = pipeline.lenient_base_settings(req)
     lock = RunLock(Path(base.get("state_dir")) / "lock", command=command)
     waited = lock.acquire(wait=base.get("lock.wait"), cancel=req.cancel)
     if waited >= 0.5:

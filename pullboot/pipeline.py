@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pullboot import __version__, config, playbooks, roles
-from pullboot.errors import EXIT_CANCELED, PullbootError, StateError
+from pullboot.errors import EXIT_CANCELED, ConfigError, PullbootError, StateError
 from pullboot.events import EventRecorder
 from pullboot.identity import Identity, local_identity, read_ec2_api_tags, read_identity
 from pullboot.imds import ImdsClient, ImdsOptions, imds_disabled, imds_endpoint
@@ -83,6 +83,26 @@ def base_layers(req: Request) -> list[config.Layer]:
     """Layers knowable before IMDS, in precedence order: cli, env, config file."""
     return [_cli_layer(req), config.env_layer(req.environ),
             config.load_file(req.config_path, required=req.config_required)]
+
+
+def lenient_base_settings(req: Request) -> config.Settings:
+    """cli > env > config file, leaving out whichever layer is broken.
+
+    For the lock, the status file and error reports: they must still work
+    when the config is what failed (the run reports that error itself).
+    """
+    attempts: list[Callable[[], list[config.Layer]]] = [
+        lambda: base_layers(req),
+        lambda: [_cli_layer(req), config.env_layer(req.environ)],
+        lambda: [_cli_layer(req)],
+        lambda: [],
+    ]
+    for layers in attempts:
+        try:
+            return config.resolve(layers())
+        except ConfigError:
+            continue
+    raise AssertionError("unreachable: no layers cannot fail")
 
 
 def resolve(req: Request) -> Resolution:
@@ -315,11 +335,7 @@ def _write_report(ctx: _RunContext, req: Request, report: Report) -> Path | None
     if run_dir is None:
         # The error came before the state dir was prepared: try to write anyway.
         try:
-            try:
-                layers = base_layers(req)
-            except PullbootError:  # the config file itself is what failed
-                layers = [_cli_layer(req), config.env_layer(req.environ)]
-            state = StateDir(Path(config.resolve(layers).get("state_dir")))
+            state = StateDir(Path(lenient_base_settings(req).get("state_dir")))
             state.prepare()
             run_dir = state.run_dir(ctx.run_id)
         except (PullbootError, OSError) as exc:
