@@ -159,8 +159,7 @@ def change_digest(res: Resolution, revision: str | None) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def remote_revision(res: Resolution) -> str:
-    """The source's current revision by the cheapest means (ls-remote, HEAD); no download."""
-    src = make_source(res)
+def remote_revision(res: Resolution, src: sources.Source) -> str:
+    """``src``'s current revision by the cheapest means (ls-remote, HEAD); no download."""
     return with_retries(f"revision check of {src.display_url}", src.remote_revision,
                         budget=min(res.settings.get("fetch.retry_budget"), 10.0))

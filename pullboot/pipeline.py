@@ -211,8 +211,9 @@ def _unchanged(res: Resolution) -> SourceInfo | None:
     if not last or rid is None:
         log.info("only-if-changed: no successful run recorded yet; running")
         return None
+    src = fetch.make_source(res)
     try:
-        revision = fetch.remote_revision(res)
+        revision = fetch.remote_revision(res, src)
     except PullbootError as exc:
         log.warning("only-if-changed: revision check failed (%s); running anyway", exc.message)
         return None
@@ -221,7 +222,6 @@ def _unchanged(res: Resolution) -> SourceInfo | None:
         return None
     log.info("only-if-changed: revision %s, roles and vars as in run %s; nothing to do",
              revision, last.get("run_id"))
-    src = fetch.make_source(res)
     return SourceInfo(url=src.display_url, kind=src.kind, ref=res.settings.get("ref"),
                       revision=revision, release=rid)
 
