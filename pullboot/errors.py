@@ -42,6 +42,17 @@ class ConfigError(PullbootError, ValueError):
     stage = "config"
 
 
+class SecretError(ConfigError):
+    """A secret reference is malformed, or the secret it names cannot be read.
+
+    One class (and one exit code) for every secret reference: ``secret_vars``,
+    ``vault_password``, ``git.token`` and ``git.ssh_key``.
+    """
+
+    exit_code = EXIT_USAGE
+    stage = "secrets"
+
+
 class IdentityError(PullbootError):
     """The instance identity could not be read (IMDS, EC2 API)."""
 

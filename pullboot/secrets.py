@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from pullboot.errors import EXIT_USAGE, ConfigError, PullbootError
+from pullboot.errors import PullbootError, SecretError
 from pullboot.events import Redactor
 
 log = logging.getLogger(__name__)
@@ -52,16 +52,22 @@ DEFAULT_VARS_PLUGIN_PATH: Final = "~/.ansible/plugins/vars:/usr/share/ansible/pl
 TMPFS_CANDIDATES: Final = ("/dev/shm", "/run")  # noqa: S108 - private mkdtemp inside
 
 
-class SecretError(PullbootError):
-    """A secret could not be fetched (missing, access denied, not a string)."""
-
-    exit_code = EXIT_USAGE
-    stage = "secrets"
+# Kinds of reference, by where they may be used: the play's secrets come from
+# the AWS stores only (the vars plugin fetches them inside ansible-playbook);
+# git credentials may also name pullboot's environment or a local file.
+AWS_KINDS: Final = ("ssm", "secretsmanager")
+ALL_KINDS: Final = (*AWS_KINDS, "env", "file")
+_HINTS: Final = {"ssm": "ssm:NAME", "secretsmanager": "secretsmanager:ID[#field]",
+                 "env": "env:VAR", "file": "a path (/..., ~/..., ./...) or file:PATH"}
 
 
 @dataclass(frozen=True)
 class SecretRef:
-    """``ssm:NAME``, ``secretsmanager:ID`` or ``secretsmanager:ID#json-field``."""
+    """Where a secret lives: ``ssm:NAME``, ``secretsmanager:ID[#json-field]``,
+    ``env:VAR`` or ``file:PATH`` (a bare path starting with ``/``, ``~`` or ``.`` too).
+
+    The one parser of secret references in pullboot.
+    """
 
     kind: str
     name: str
@@ -71,16 +77,25 @@ class SecretRef:
         return f"{self.kind}:{self.name}" + (f"#{self.field}" if self.field else "")
 
     @classmethod
-    def parse(cls, text: Any, *, where: str) -> SecretRef:
-        if not isinstance(text, str) or ":" not in text:
-            raise ConfigError(f"{where}: {text!r} is not a secret reference",
-                              hint="write ssm:NAME or secretsmanager:ID[#field]")
-        kind, _, rest = text.partition(":")
-        name, _, fld = rest.partition("#") if kind == "secretsmanager" else (rest, "", "")
-        if kind not in FETCHERS or not name:
-            raise ConfigError(f"{where}: {text!r} is not a secret reference",
-                              hint="write ssm:NAME or secretsmanager:ID[#field]")
-        return cls(kind, name, fld or None)
+    def parse(cls, text: Any, *, where: str, kinds: tuple[str, ...] = AWS_KINDS) -> SecretRef:
+        """Parse ``text``, allowing only ``kinds``; SecretError names ``where`` and the forms."""
+        if isinstance(text, str):
+            kind, sep, rest = text.partition(":")
+            if sep and kind in kinds and rest:
+                name, _, fld = rest.partition("#") if kind == "secretsmanager" else (rest, "", "")
+                if name:
+                    return cls(kind, name, fld or None)
+            elif "file" in kinds and text.startswith(("/", "~", ".")):
+                return cls("file", text)
+        shown = repr(text)[:60] if isinstance(text, str) else type(text).__name__
+        raise SecretError(f"{where}: {shown} is not a secret reference",
+                          hint="write " + " or ".join(_HINTS[k] for k in kinds))
+
+
+def resolve(text: str, *, region: str | None, what: str,
+            kinds: tuple[str, ...] = ALL_KINDS) -> str:
+    """Parse ``text`` and fetch the secret it names (for one setting, ``what``)."""
+    return fetch({what: SecretRef.parse(text, where=what, kinds=kinds)}, region=region)[what]
 
 
 def _fetch_ssm(ref: SecretRef, client: Callable[[str], Any]) -> str:
@@ -90,27 +105,53 @@ def _fetch_ssm(ref: SecretRef, client: Callable[[str], Any]) -> str:
 
 def _fetch_secretsmanager(ref: SecretRef, client: Callable[[str], Any]) -> str:
     answer = client("secretsmanager").get_secret_value(SecretId=ref.name)
-    if "SecretString" not in answer:
-        raise SecretError(f"{ref}: the secret is binary; only SecretString is supported")
-    value = str(answer["SecretString"])
+    if "SecretString" in answer:
+        value = str(answer["SecretString"])
+    else:
+        try:
+            value = bytes(answer.get("SecretBinary") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            raise SecretError(f"{ref}: the secret is binary and not UTF-8 text",
+                              hint="store it as a SecretString") from None
     if ref.field is None:
         return value
     try:
         item = json.loads(value)[ref.field]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise SecretError(f"{ref}: the secret is not a JSON object with the field "
                           f"{ref.field!r}") from None
     return item if isinstance(item, str) else json.dumps(item)
 
 
-# Secret stores, keyed by the reference's prefix.
+def _fetch_env(ref: SecretRef, client: Callable[[str], Any]) -> str:
+    value = os.environ.get(ref.name)
+    if value is None:
+        raise SecretError(f"{ref}: environment variable {ref.name} is not set",
+                          hint=f"set {ref.name}, or use ssm: or secretsmanager:")
+    return value
+
+
+def _fetch_file(ref: SecretRef, client: Callable[[str], Any]) -> str:
+    try:
+        return Path(ref.name).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise SecretError(f"{ref}: cannot read {ref.name}: {reason}",
+                          hint="check the path and that pullboot can read it") from None
+
+
+# Secret stores, keyed by the reference's kind.
 FETCHERS: Final[dict[str, Callable[[SecretRef, Callable[[str], Any]], str]]] = {
     "ssm": _fetch_ssm, "secretsmanager": _fetch_secretsmanager,
+    "env": _fetch_env, "file": _fetch_file,
 }
 
 
 def fetch(refs: Mapping[str, SecretRef], *, region: str | None) -> dict[str, str]:
-    """Fetch every reference (name -> value) with the instance role; SecretError on failure."""
+    """Fetch every reference (name -> value) with the instance role; SecretError on failure.
+
+    The one fetch path for secrets; values are never logged.
+    """
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from pullboot import aws
@@ -138,6 +179,7 @@ def fetch(refs: Mapping[str, SecretRef], *, region: str | None) -> dict[str, str
         except BotoCoreError as exc:
             raise SecretError(f"cannot read {ref} (for {name}): {exc}",
                               hint="check the network path to the AWS API") from None
+        log.debug("%s read from %s", name, ref)
     return values
 
 
@@ -167,7 +209,7 @@ class SecretGuard:
 
 def parse_settings(secret_vars: Mapping[str, Any],
                    vault_password: str | None) -> tuple[dict[str, SecretRef], SecretRef | None]:
-    """Validate ``secret_vars`` and ``vault_password``; ConfigError names the bad entry."""
+    """Validate ``secret_vars`` and ``vault_password``; SecretError names the bad entry."""
     from pullboot.roles import check_var_name
 
     refs = {check_var_name(name, origin="secret_vars"): SecretRef.parse(

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pullboot import credentials
+from pullboot import secrets
 from pullboot.errors import (
     AuthError,
     ConfigError,
@@ -146,7 +146,7 @@ class GitSource(Source):
         region = self.spec.options.get("region")
         token_ref = self.opt("token")
         if token_ref:
-            token = credentials.resolve(token_ref, region=region, what="git.token")
+            token = secrets.resolve(token_ref, region=region, what="git.token")
             user = self.opt("token_user") or "x-access-token"
             basic = base64.b64encode(f"{user}:{token.strip()}".encode()).decode()
             env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
@@ -158,7 +158,7 @@ class GitSource(Source):
             if key_ref:
                 key = Path(tmp, "deploy_key")
                 key.touch(mode=0o600)
-                material = credentials.resolve(key_ref, region=region, what="git.ssh_key")
+                material = secrets.resolve(key_ref, region=region, what="git.ssh_key")
                 key.write_text(material if material.endswith("\n") else material + "\n")
                 ssh += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
             env["GIT_SSH_COMMAND"] = shlex.join(ssh)

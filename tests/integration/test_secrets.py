@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import Result, all_files, run_cli
+from tests.conftest import Result, all_files, run_cli, web_tree
+from tests.fakes.githttp import GitHttpServer
 
 CANARY = "canary-7c1e9b2f-secret-not-on-disk"
 SM_CANARY = "sm-canary-41d0a5e3-also-secret"
@@ -190,3 +191,42 @@ def test_vault_password_from_secrets_manager(aws: Any, make_repo: Any, tmp_path:
     assert res.report["secrets"] == ["(vault password)"]
     assert password not in res.stdout + res.stderr
     assert _leaks(state_dir, password) == []
+
+
+# -- one parser for every secret reference (issue 11, item 4) --------------------------------
+
+
+def test_git_token_reads_one_field_of_a_json_secret(aws: Any, make_repo: Any, tmp_path: Path,
+                                                    state_dir: Path, out_dir: Path) -> None:
+    token = "canary-token-field-3a9d7e21"
+    repo = make_repo(web_tree())
+    served = tmp_path / "served"
+    served.mkdir()
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.path), str(served / "b.git")],
+                   check=True)
+    # A SecretId of "ci/git#token" would not exist: the field must be split off.
+    aws.client("secretsmanager").create_secret(
+        Name="ci/git", SecretString=json.dumps({"token": token, "user": "bot"}))
+    _write_config(tmp_path, {"git": {"token": "secretsmanager:ci/git#token"}})
+    with GitHttpServer(served, token=token) as server:
+        res = run_cli("run", "--source", f"git+{server.url}/b.git", "--role", "web",
+                      "-e", f"out_dir={out_dir}", "--json")
+        assert res.rc == 0, res.stderr
+        assert server.auth_headers and server.unauthorized == 0
+    assert token not in res.stdout + res.stderr
+    assert _leaks(state_dir, token) == []
+
+
+def test_unreadable_git_token_is_a_secret_error_like_secret_vars(
+        aws: Any, make_repo: Any, tmp_path: Path, state_dir: Path) -> None:
+    aws.client("secretsmanager").create_secret(Name="ci/git", SecretString="not json")
+    repo = make_repo(web_tree())
+    for settings in ({"git": {"token": "secretsmanager:ci/git#token"}},
+                     {"secret_vars": {"x": "secretsmanager:ci/git#token"}}):
+        _write_config(tmp_path, settings)
+        res = run_cli("run", "--source", repo.url, "--role", "web", "--json")
+        assert res.rc == 2, res.stderr
+        error = res.report["error"]
+        assert (error["type"], error["stage"]) == ("SecretError", "secrets")
+        assert "secretsmanager:ci/git#token" in error["message"]
+        assert "field 'token'" in error["message"]

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from pullboot import ship, splay, status
-from pullboot.errors import ConfigError
-from pullboot.secrets import SecretRef
+from pullboot.errors import ConfigError, SecretError
+from pullboot.secrets import ALL_KINDS, SecretRef
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "boot"
 TEMPLATES = yaml.safe_load((FIXTURES / "results_templates.yaml").read_text())
@@ -40,12 +40,28 @@ def test_results_template_values_cannot_escape_their_path_segment() -> None:
 @pytest.mark.parametrize("case", REFS, ids=[str(c["text"]) for c in REFS])
 def test_secret_reference(case: dict[str, Any]) -> None:
     if case.get("error"):
-        with pytest.raises(ConfigError):
+        with pytest.raises(SecretError):
             SecretRef.parse(case["text"], where="secret_vars.x")
         return
     ref = SecretRef.parse(case["text"], where="secret_vars.x")
     assert (ref.kind, ref.name, ref.field) == (case["kind"], case["name"], case.get("field"))
     assert str(ref) == case["text"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("env:GIT_TOKEN", ("env", "GIT_TOKEN", None)),
+    ("/etc/pullboot/key", ("file", "/etc/pullboot/key", None)),
+    ("file:./key", ("file", "./key", None)),
+    ("secretsmanager:ci/git#token", ("secretsmanager", "ci/git", "token")),
+])
+def test_git_credential_references_use_the_same_parser(text: str,
+                                                       expected: tuple[str, ...]) -> None:
+    ref = SecretRef.parse(text, where="git.token", kinds=ALL_KINDS)
+    assert (ref.kind, ref.name, ref.field) == expected
+    # The play's secrets come from the AWS stores only, as before.
+    if ref.kind in ("env", "file"):
+        with pytest.raises(SecretError, match=r"secret_vars\.x"):
+            SecretRef.parse(text, where="secret_vars.x")
 
 
 def test_splay_decisions() -> None:
