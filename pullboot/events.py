@@ -41,8 +41,46 @@ def strip_ansi(text: str) -> str:
     return ANSI_RE.sub("", text)
 
 
+# A secret's line shorter than this is not redacted on its own (a PEM key's
+# "-----END" or a blank line would mask half the output and protect nothing).
+MIN_LINE: Final = 8
+# A secret cut short (by a display width, ansible's or our own truncation)
+# leaves a prefix at the end of a string; prefixes this long are redacted.
+MIN_PREFIX: Final = 6
+# What may follow a cut-off prefix: end of text, a closing quote, a line end,
+# an escaped line end, or a truncation mark.
+_CUT_END: Final = re.compile(r"""\Z|["'\r\n]|\\[rnu"\\]|\.\.\.|\u2026""")
+
+
+def encodings(value: str) -> set[str]:
+    """Every form ``value`` takes in ansible's output and pullboot's files.
+
+    Raw; with the pty's CRLF line ends; JSON-escaped (as ansible-runner and
+    events.jsonl write it, ASCII-only or not) once and twice (an event's
+    ``stdout`` holds ansible's JSON display, escaped again in the event line);
+    Python repr (``\\n``, ``\\\\``, ``\\'``); the shell-quoted form of a command line;
+    and the same for each line of a multi-line value (YAML and
+    line-by-line displays split it).
+    """
+    import shlex
+
+    parts = {value}
+    lines = [line.rstrip("\r") for line in value.split("\n")]
+    if len(lines) > 1:
+        parts.update(line for line in lines if len(line.strip()) >= MIN_LINE)
+    base = {form for part in parts for form in (part, part.replace("\n", "\r\n"))}
+    once = {*base, *(shlex.quote(b) for b in base)}
+    for b in base:
+        once.update((json.dumps(b)[1:-1], json.dumps(b, ensure_ascii=False)[1:-1],
+                     repr(b)[1:-1]))
+    twice = set(once)
+    for form in once:
+        twice.update((json.dumps(form)[1:-1], json.dumps(form, ensure_ascii=False)[1:-1]))
+    return {form for form in twice if len(form) >= 4}
+
+
 class Redactor:
-    """Replaces known secret values in text. Empty until secrets are registered."""
+    """Replaces known secret values, in every encoding, in text. Empty until secrets are added."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._values: list[str] = []
@@ -51,22 +89,44 @@ class Redactor:
 
     def add(self, value: str) -> None:
         # Very short values would redact half the output and protect nothing.
-        if len(value) >= 4 and value not in self._values:
-            self._values.append(value)
-            # JSON-escaped form too, for values with quotes or backslashes.
-            escaped = json.dumps(value)[1:-1]
-            if escaped != value:
-                self._values.append(escaped)
-            # Longest first, so a secret containing another is replaced whole.
-            self._values.sort(key=len, reverse=True)
+        if len(value) < 4:
+            return
+        known = set(self._values)
+        self._values.extend(form for form in encodings(value) if form not in known)
+        # Longest first, so a secret containing another is replaced whole.
+        self._values.sort(key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for value in self._values:
-            text = text.replace(value, REDACTED)
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return self._cut_prefixes(text)
+
+    def _cut_prefixes(self, text: str) -> str:
+        """Redact a secret's prefix cut off at the end of a string (truncated output)."""
+        for value in self._values:
+            if len(value) <= MIN_PREFIX:
+                continue
+            head = value[:MIN_PREFIX]
+            start = text.find(head)
+            while start != -1:
+                size = _shared_prefix(text[start:start + len(value)], value)
+                if _CUT_END.match(text, start + size):
+                    text = text[:start] + REDACTED + text[start + size:]
+                    start += len(REDACTED)
+                else:
+                    start += 1
+                start = text.find(head, start)
         return text
 
     def __bool__(self) -> bool:
         return bool(self._values)
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix of ``a`` and ``b``."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)))
 
 
 class EventRecorder:
@@ -117,11 +177,13 @@ class EventRecorder:
                 log.warning("%s", self.warnings[-1])
                 self._fh = None
         self.count += 1
-        self._summarise(event)
+        # Summaries and the live view see only what the file keeps: redacted
+        # before any truncation, so no cut-off prefix of a secret survives.
+        clean = json.loads(line) if self._redact else event
+        self._summarise(clean)
         if self._on_event is not None:
             try:
-                # The live view must not show what the file does not keep.
-                self._on_event(json.loads(line) if self._redact else event)
+                self._on_event(clean)
             except Exception:  # a display problem must never break the run
                 log.debug("event display failed", exc_info=True)
         return False
@@ -135,7 +197,7 @@ class EventRecorder:
                 "ignore_errors"):
             self.failures.append(Failure(
                 play=data.get("play"), task=data.get("task"), host=data.get("host"),
-                message=self._redact(failure_message(data.get("res") or {})),
+                message=failure_message(data.get("res") or {}),
             ))
 
     def _add_stats(self, data: Mapping[str, Any]) -> None:

@@ -157,6 +157,10 @@ def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
         "suppress_env_files": True,
         "settings": _settings(spec),
     }
+    if spec.guard is not None and spec.guard.active:
+        # ansible-runner's default jsonfile cache (artifacts/<id>/fact_cache)
+        # would keep cacheable facts, secrets included, on disk.
+        kwargs["fact_cache_type"] = "memory"
     return {k: v for k, v in kwargs.items() if v is not None}
 
 

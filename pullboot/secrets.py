@@ -48,6 +48,15 @@ ENV_VAULT: Final = "PULLBOOT_VAULT_PASSWORD_REF"
 ENV_REGION: Final = "PULLBOOT_SECRETS_REGION"
 PLUGIN_DIR: Final = Path(__file__).resolve().parent / "ansible_plugins" / "vars"
 DEFAULT_VARS_PLUGIN_PATH: Final = "~/.ansible/plugins/vars:/usr/share/ansible/plugins/vars"
+# What ansible (or a tree's ansible.cfg) would otherwise write to disk with
+# output or variables in it while secrets are in play: the log file (the whole
+# display), the fact cache (set_fact cacheable, left behind by a killed run)
+# and kept module files. The environment wins over ansible.cfg.
+NO_DISK_ANSIBLE_ENV: Final = {
+    "ANSIBLE_LOG_PATH": os.devnull,
+    "ANSIBLE_CACHE_PLUGIN": "memory",
+    "ANSIBLE_KEEP_REMOTE_FILES": "False",
+}
 # Memory-backed places for ansible's temporary files, first usable one wins.
 TMPFS_CANDIDATES: Final = ("/dev/shm", "/run")  # noqa: S108 - private mkdtemp inside
 
@@ -247,14 +256,41 @@ def prepare(guard: SecretGuard, *, refs: Mapping[str, SecretRef], vault: SecretR
         env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(_vault_launcher(private_dir))
     guard.scratch = _scratch_dir()
     if guard.scratch is not None:
-        # Module arguments and rendered content pass through these dirs.
+        # Module arguments and rendered content pass through these dirs, and
+        # async tasks keep their whole result (stdout included) in job files.
         env["ANSIBLE_LOCAL_TEMP"] = str(guard.scratch / "local")
         env["ANSIBLE_REMOTE_TEMP"] = str(guard.scratch / "remote")
+        env["ANSIBLE_ASYNC_DIR"] = str(guard.scratch / "async")
     else:
         env["ANSIBLE_PIPELINING"] = "True"  # at least modules go through stdin, not files
+    env.update(NO_DISK_ANSIBLE_ENV)
     guard.env = env
+    no_core_dumps()
     log.info("secrets for the play: %s (values fetched in memory, redacted from output)",
              ", ".join(f"{n} <- {wanted[n]}" for n in sorted(wanted)))
+
+
+def no_core_dumps() -> None:
+    """No core dump of this process or its children (ansible-playbook, its forks).
+
+    A dump of a killed ansible-playbook holds every secret in its memory. The
+    core size limit 0 is inherited by every child (systemd-coredump honours it
+    too); the non-dumpable flag also keeps other users' debuggers and
+    ``/proc/PID/mem`` away from this process (exec resets it in children).
+    """
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError) as exc:
+        log.warning("could not turn off core dumps: %s", exc)
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_dumpable = 4
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+            log.warning("could not mark the process non-dumpable (errno %d)", ctypes.get_errno())
 
 
 def _vault_launcher(private_dir: Path) -> Path:
@@ -285,7 +321,7 @@ def _scratch_dir() -> Path | None:
     for candidate in TMPFS_CANDIDATES:
         if candidate in mounts and os.access(candidate, os.W_OK | os.X_OK):
             path = Path(tempfile.mkdtemp(prefix="pullboot-", dir=candidate))
-            for sub in ("local", "remote", "job_events"):
+            for sub in ("local", "remote", "async", "job_events"):
                 (path / sub).mkdir(mode=0o700)
             return path
     log.warning("no writable tmpfs (%s): ansible's temporary files may hold secrets briefly "

@@ -198,3 +198,22 @@ def test_failure_message_truncates() -> None:
     message = failure_message({"msg": "x" * (MAX_MESSAGE * 3)})
     assert message == "x" * MAX_MESSAGE + "..."
     assert failure_message({"msg": "y" * MAX_MESSAGE}) == "y" * MAX_MESSAGE
+
+
+@pytest.mark.parametrize("cut", [
+    "msg: canary-secr...",            # ansible's or our own "..." mark
+    'msg: "canary-secr"',              # a display cut inside a quoted string
+    "msg: canary-secr",                # the end of the text
+    '{"stdout": "canary-secr\\r\\n"}',  # an escaped line end in JSON
+])
+def test_a_secret_cut_short_leaves_no_prefix(cut: str) -> None:
+    redact = Redactor(["canary-secret-0123456789"])
+    assert "canary-s" not in redact(cut)
+    # A shared beginning that goes on with other text is not a cut secret.
+    assert redact("canary-seconds elapsed") == "canary-seconds elapsed"
+
+
+def test_each_line_of_a_multi_line_secret_is_redacted_alone() -> None:
+    pem = "-----BEGIN KEY-----\nAAAAline-one-canary\nBBBBline-two-canary\n-----END KEY-----\n"
+    shown = "key: |\n    AAAAline-one-canary\n    BBBBline-two-canary\n"  # a YAML block
+    assert "canary" not in Redactor([pem])(shown)
