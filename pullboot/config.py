@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import yaml
 
+from pullboot.bounded import load_yaml
 from pullboot.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -318,7 +319,7 @@ def load_file(path: Path, *, required: bool) -> Layer:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})",
                           hint="save the file as UTF-8") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text, what=f"config file {path}", error=ConfigError)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import yaml
 
+from pullboot.bounded import load_yaml
 from pullboot.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def _install_into_cache(tree: Path, req: Path, cached: Path) -> None:
 
 def _sections(req: Path) -> list[str]:
     try:
-        doc: Any = yaml.safe_load(req.read_text(encoding="utf-8"))
+        doc: Any = load_yaml(req.read_bytes(), what=req.name, error=SourceError)
     except yaml.YAMLError as exc:
         raise SourceError(f"{req.name} is not valid YAML: {exc}",
                           hint="fix the requirements file in the source") from None

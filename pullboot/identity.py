@@ -8,18 +8,21 @@ user-data.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
+from pullboot.bounded import Limits, load_json
 from pullboot.errors import IdentityError
 from pullboot.imds import ImdsClient
 
 log = logging.getLogger(__name__)
+
+# A real identity document is a flat JSON object of about 500 bytes.
+IDENTITY_LIMITS: Final = Limits(max_bytes=64 * 1024, max_depth=8)
 
 _DOC_FIELDS = {
     "instance_id": ("instanceId", "/latest/meta-data/instance-id"),
@@ -98,16 +101,18 @@ def _identity_fields(client: ImdsClient) -> dict[str, str | None]:
     doc: Mapping[str, Any] = {}
     if raw is not None:
         try:
-            parsed = json.loads(raw)
+            parsed = load_json(raw, what="the document", error=IdentityError,
+                               limits=IDENTITY_LIMITS)
             if isinstance(parsed, Mapping):
                 doc = parsed
             else:
                 raise ValueError("not a JSON object")
-        except ValueError as exc:
+        except (ValueError, IdentityError) as exc:
+            reason = exc.message if isinstance(exc, IdentityError) else exc
             # A broken document must not stop the boot: the same facts are
             # available one by one under meta-data/.
             log.warning("instance identity document is malformed (%s); "
-                        "reading meta-data paths instead", exc)
+                        "reading meta-data paths instead", reason)
     out: dict[str, str | None] = {}
     for name, (doc_key, path) in _DOC_FIELDS.items():
         value = doc.get(doc_key)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from pullboot.bounded import load_json
 from pullboot.errors import PullbootError, SecretError
 from pullboot.events import Redactor
 
@@ -125,8 +126,10 @@ def _fetch_secretsmanager(ref: SecretRef, client: Callable[[str], Any]) -> str:
     if ref.field is None:
         return value
     try:
-        item = json.loads(value)[ref.field]
-    except (ValueError, KeyError, TypeError, RecursionError):
+        item = load_json(value, what=f"{ref}", error=SecretError)[ref.field]
+    except SecretError:  # a ValueError too, but it names the limit
+        raise
+    except (ValueError, KeyError, TypeError):
         raise SecretError(f"{ref}: the secret is not a JSON object with the field "
                           f"{ref.field!r}") from None
     return item if isinstance(item, str) else json.dumps(item)
