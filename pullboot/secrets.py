@@ -33,7 +33,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -320,16 +321,36 @@ def vault_password_main() -> int:
 
 
 def _scratch_dir() -> Path | None:
-    mounts = _tmpfs_mounts()
-    for candidate in TMPFS_CANDIDATES:
-        if candidate in mounts and os.access(candidate, os.W_OK | os.X_OK):
-            path = Path(tempfile.mkdtemp(prefix="pullboot-", dir=candidate))
-            for sub in ("local", "remote", "async", "job_events"):
-                (path / sub).mkdir(mode=0o700)
-            return path
+    parent = _tmpfs_parent()
+    if parent is not None:
+        path = Path(tempfile.mkdtemp(prefix="pullboot-", dir=parent))
+        for sub in ("local", "remote", "async", "job_events"):
+            (path / sub).mkdir(mode=0o700)
+        return path
     log.warning("no writable tmpfs (%s): ansible's temporary files may hold secrets briefly "
                 "on disk under the state dir", ", ".join(TMPFS_CANDIDATES))
     return None
+
+
+def _tmpfs_parent() -> str | None:
+    """The first writable memory-backed dir of TMPFS_CANDIDATES, or None."""
+    mounts = _tmpfs_mounts()
+    for candidate in TMPFS_CANDIDATES:
+        if candidate in mounts and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return None
+
+
+@contextmanager
+def private_tempdir(prefix: str) -> Iterator[Path]:
+    """A private (0700) temporary dir for secret material, on tmpfs when there is one.
+
+    On tmpfs a file (a deploy key for ssh) never reaches a disk, not even when
+    pullboot is killed before it can remove it; without one it falls back to
+    the usual temp dir.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=_tmpfs_parent()) as path:
+        yield Path(path)
 
 
 def _tmpfs_mounts() -> set[str]:

@@ -151,7 +151,7 @@ class GitSource(Source):
             basic = base64.b64encode(f"{user}:{token.strip()}".encode()).decode()
             env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
                         "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"})
-        with tempfile.TemporaryDirectory(prefix="pullboot-git-") as tmp:
+        with secrets.private_tempdir("pullboot-git-") as tmp:
             ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
             ssh += self._host_key_options()
             key_ref = self.opt("ssh_key")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,32 @@ def test_no_core_dump_of_the_play(aws: Any, make_repo: Any, tmp_path: Path,
 
     assert res.rc == 0, res.stderr
     assert (out_dir / "limits.txt").read_text().split() == ["0", "0"]
+
+
+def test_git_deploy_key_is_never_on_disk_during_a_fetch(aws: Any, tmp_path: Path) -> None:
+    key = "canary-deploy-key-2c7f9e41\n"
+    aws.client("ssm").put_parameter(Name="/git/key", Value=key, Type="SecureString")
+    (tmp_path / "pullboot.yml").write_text(yaml.safe_dump({"git": {
+        "ssh_key": "ssm:/git/key", "accept_new_host_key": True}}))
+    tmp = tmp_path / "tmp"  # the process's temp dir: files here are on disk
+    tmp.mkdir()
+    # An SSH server that completes the TCP handshake (the backlog does) and never
+    # sends its banner: ssh holds the key file until its ConnectTimeout.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(60)
+        port = server.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pullboot", "run", "--source",
+             f"git+ssh://git@127.0.0.1:{port}/boot.git", "--role", "web", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TMPDIR": str(tmp)})
+        try:
+            conn, _ = server.accept()  # ssh is connected: the key file exists now
+            with conn:
+                mid_fetch = leaks(tmp_path, key.strip())
+        finally:
+            proc.kill()
+            out, err = proc.communicate(timeout=60)
+    assert mid_fetch == []
+    # Killed mid-fetch: nothing left behind on disk either.
+    assert leaks(tmp_path, key.strip(), out, err) == []
