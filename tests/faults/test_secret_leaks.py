@@ -160,6 +160,12 @@ PLACES = {
       ansible.builtin.set_fact:
         remembered: "{{ secret }}"
         cacheable: true""",
+    # The same with the tree's own ansible.cfg asking for a jsonfile cache.
+    "trees-fact-cache": """\
+    - name: cache it
+      ansible.builtin.set_fact:
+        remembered: "{{ secret }}"
+        cacheable: true""",
     # A tree's ansible.cfg log_path gets the whole display.
     "ansible-log-file": """\
     - name: print it
@@ -178,6 +184,9 @@ def test_no_secret_in_files_ansible_keeps_mid_run_or_after(
     tree = {"playbooks/web.yml": HOLDING_PLAY.format(task=PLACES[place].rstrip())}
     if place == "ansible-log-file":
         tree["ansible.cfg"] = f"[defaults]\nlog_path = {tmp_path / 'ansible.log'}\n"
+    if place == "trees-fact-cache":
+        tree["ansible.cfg"] = ("[defaults]\nfact_caching = jsonfile\n"
+                               f"fact_caching_connection = {tmp_path / 'facts'}\n")
     repo = make_repo(tree)
 
     proc = subprocess.Popen(
