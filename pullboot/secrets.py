@@ -30,7 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -59,6 +61,8 @@ NO_DISK_ANSIBLE_ENV: Final = {
     "ANSIBLE_CACHE_PLUGIN": "memory",
     "ANSIBLE_KEEP_REMOTE_FILES": "False",
 }
+# pullboot-PID-xxxx (a run's scratch dir) or pullboot-git-PID-xxxx (a deploy key).
+_STALE_RE: Final = re.compile(r"pullboot-(?:git-)?(\d+)-\w+")
 # Memory-backed places for ansible's temporary files, first usable one wins.
 TMPFS_CANDIDATES: Final = ("/dev/shm", "/run")  # noqa: S108 - private mkdtemp inside
 
@@ -323,7 +327,8 @@ def vault_password_main() -> int:
 def _scratch_dir() -> Path | None:
     parent = _tmpfs_parent()
     if parent is not None:
-        path = Path(tempfile.mkdtemp(prefix="pullboot-", dir=parent))
+        clear_stale_scratch(Path(parent))
+        path = Path(tempfile.mkdtemp(prefix=f"pullboot-{os.getpid()}-", dir=parent))
         for sub in ("local", "remote", "async", "job_events"):
             (path / sub).mkdir(mode=0o700)
         return path
@@ -349,8 +354,40 @@ def private_tempdir(prefix: str) -> Iterator[Path]:
     pullboot is killed before it can remove it; without one it falls back to
     the usual temp dir.
     """
-    with tempfile.TemporaryDirectory(prefix=prefix, dir=_tmpfs_parent()) as path:
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-",
+                                     dir=_tmpfs_parent()) as path:
         yield Path(path)
+
+
+def clear_stale_scratch(parent: Path) -> None:
+    """Remove the scratch dirs of pullboot processes that are gone (killed: SIGKILL, OOM).
+
+    Their files (play output, module arguments, a deploy key) would otherwise stay
+    in memory, and possibly swap, until the next reboot. Only dirs named
+    ``pullboot-[git-]PID-*`` that are real dirs owned by this user, whose PID is
+    no longer alive, are removed.
+    """
+    for entry in parent.glob("pullboot-*"):
+        match = _STALE_RE.fullmatch(entry.name)
+        if match is None or _alive(int(match[1])):
+            continue
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed %s, left by a pullboot run that was killed", entry)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
 
 
 def _tmpfs_mounts() -> set[str]:

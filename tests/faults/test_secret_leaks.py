@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import Result, all_files, run_cli
+from tests.conftest import Result, all_files, run_cli, web_tree
 from tests.integration.test_secrets import _wait_for_task
 
 PEM = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
@@ -257,6 +258,36 @@ def test_git_deploy_key_is_never_on_disk_during_a_fetch(aws: Any, tmp_path: Path
         finally:
             proc.kill()
             out, err = proc.communicate(timeout=60)
+            # The killed run's key dir is in memory; the next run would remove it.
+            for left in Path("/dev/shm").glob(f"pullboot-git-{proc.pid}-*"):
+                shutil.rmtree(left, ignore_errors=True)
     assert mid_fetch == []
     # Killed mid-fetch: nothing left behind on disk either.
     assert leaks(tmp_path, key.strip(), out, err) == []
+
+
+def test_scratch_dir_of_a_killed_run_is_removed_by_the_next(aws: Any, make_repo: Any,
+                                                            tmp_path: Path,
+                                                            out_dir: Path) -> None:
+    shm = Path("/dev/shm")  # the tmpfs pullboot itself uses
+    if not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its PID is now dead: a run that was SIGKILLed
+    stale = shm / f"pullboot-{gone.pid}-killed1"
+    stale.mkdir(mode=0o700)
+    (stale / "async").mkdir()
+    (stale / "async" / "j1").write_text("canary-stale-5d3e")
+    alive = shm / f"pullboot-{os.getpid()}-alive1"  # a live process's: kept
+    alive.mkdir(mode=0o700)
+    try:
+        _config(tmp_path, _store(aws, "canary-scratch-8e2a"))
+        repo = make_repo(web_tree())
+        res = run_cli("run", "--source", repo.url, "--role", "web", "-e", f"out_dir={out_dir}",
+                      "--json")
+        assert res.rc == 0, res.stderr
+        assert not stale.exists()
+        assert alive.is_dir()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)
