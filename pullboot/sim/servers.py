@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pullboot.sim import SimError
+from pullboot.errors import SimError
 from pullboot.sim.imds import FakeIMDS
 from pullboot.sim.s3 import MotoServer, publish
 from pullboot.sim.spec import INSTANCE_IP, ROLE_TAG, InstanceSpec

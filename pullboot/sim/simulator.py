@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from pullboot.sim import SimError, instance, servers
+from pullboot.errors import SimError
+from pullboot.sim import instance, servers
 from pullboot.sim.image import ImageResult, ensure_image, find_checkout
 from pullboot.sim.instance import BOOT_UNIT, CONVERGE_UNIT, PageCheck, UnitRun
 from pullboot.sim.podman import Podman
