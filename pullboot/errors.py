@@ -97,3 +97,7 @@ class StateError(PullbootError, OSError):
     """The state dir cannot be created or written."""
 
     stage = "state"
+
+
+class UnsafeDirError(StateError):
+    """A directory pullboot writes into can be changed by others (owner or mode)."""

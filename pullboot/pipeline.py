@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pullboot import __version__, config, playbooks, roles
+from pullboot.atomic import write_json_atomic
 from pullboot.errors import EXIT_CANCELED, ConfigError, PullbootError, StateError
 from pullboot.events import EventRecorder
 from pullboot.identity import Identity, local_identity, read_ec2_api_tags, read_identity
@@ -25,7 +26,7 @@ from pullboot.imds import ImdsClient, ImdsOptions, imds_disabled, imds_endpoint
 from pullboot.report import EXIT_FOR_STATUS, Report, SourceInfo
 from pullboot.roles import RoleChoice
 from pullboot.secrets import SecretGuard
-from pullboot.state import StateDir, new_run_id, write_json_atomic
+from pullboot.state import StateDir, new_run_id
 from pullboot.userdata import parse_user_data
 
 log = logging.getLogger(__name__)
