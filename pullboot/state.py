@@ -214,10 +214,18 @@ class StateDir:
     def _pointed(self, link: Path) -> str | None:
         try:
             target = os.readlink(link)
-        except OSError:
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("ignoring the release pointer %s: not a symlink (%s)", link,
+                        exc.strerror)
             return None
         rid = Path(target).name
-        return rid if self.release(rid).is_dir() else None
+        if rid in ("", ".", "..") or not self.release(rid).is_dir():
+            log.warning("ignoring the release pointer %s: it names no complete release (%s)",
+                        link, target)
+            return None
+        return rid
 
     def clean_leftovers(self) -> None:
         """Remove staging dirs and temp links left by killed runs."""

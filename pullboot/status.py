@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pullboot.atomic import read_json, write_json_atomic
+from pullboot.errors import PullbootError
 from pullboot.lock import pid_alive
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,11 @@ class StatusFile:
             write_json_atomic(self.path, self._data, mode=0o644)
         except OSError as exc:
             self._broken = True
+            why = (f"{exc.message}; fix: {exc.hint}" if isinstance(exc, PullbootError)
+                   else exc.strerror or str(exc))
             log.warning("cannot write the status file %s (%s); `pullboot status --wait` "
                         "will not see this run (set status_file / PULLBOOT_STATUS_FILE)",
-                        self.path, getattr(exc, "message", None) or exc.strerror or exc)
+                        self.path, why)
 
     def phase(self, phase: str, run_id: str | None = None) -> None:
         self.update(phase=phase, **({"run_id": run_id} if run_id else {}))
