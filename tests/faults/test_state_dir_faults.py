@@ -162,7 +162,7 @@ def test_status_dir_owned_by_someone_else_is_refused(make_repo: Any, tmp_path: P
 
 
 @pytest.mark.parametrize("mode", [0o755, 0o1777])
-def test_symlink_at_the_status_file_is_replaced_not_followed(mode: int, make_repo: Any,
+def test_symlinks_at_the_status_file_or_a_temp_name_are_not_followed(mode: int, make_repo: Any,
                                                              tmp_path: Path,
                                                              out_dir: Path) -> None:
     shared = tmp_path / "run-pullboot"
@@ -172,6 +172,10 @@ def test_symlink_at_the_status_file_is_replaced_not_followed(mode: int, make_rep
     victim.write_text("root's file\n")
     victim.chmod(0o600)
     (shared / "status.json").symlink_to(victim)
+    # And at every temp name a writer with a predictable name (pid-based) could use.
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    for pid in range(1, pid_max + 1):
+        (shared / f".status.json.{pid}.tmp").symlink_to(victim)
     res = _run_with_status(make_repo, shared / "status.json", out_dir)
     assert res.rc == 0, res.stderr
     assert victim.read_text() == "root's file\n"
