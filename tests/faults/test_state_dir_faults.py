@@ -47,9 +47,13 @@ def _damage_dangling(path: Path) -> None:
     path.symlink_to(path.parent / "nowhere" / "gone.json")
 
 
+def _damage_fifo(path: Path) -> None:
+    os.mkfifo(path)  # a reader that opens it blocking would hang forever
+
+
 DAMAGE: dict[str, Callable[[Path], None]] = {
     "list": _damage_list, "truncated": _damage_truncated, "binary": _damage_binary,
-    "directory": _damage_directory, "dangling-symlink": _damage_dangling,
+    "directory": _damage_directory, "dangling-symlink": _damage_dangling, "fifo": _damage_fifo,
 }
 
 
