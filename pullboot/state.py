@@ -231,9 +231,13 @@ class StateDir:
         """Remove staging dirs and temp links left by killed runs."""
         for path in self.releases.glob(".staging-*"):
             shutil.rmtree(path, ignore_errors=True)
-        for pattern in (".current-*", ".last-good-*", ".*.tmp"):
+        for pattern in (".current-*", ".last-good-*", ".*.tmp", "runs/*/.*.tmp"):
             for path in self.root.glob(pattern):
-                path.unlink(missing_ok=True)
+                remove(path)
+        # Spool entries being written or deleted when a run was killed.
+        for pattern in ("spool/.tmp-*", "spool/.del-*"):
+            for path in self.root.glob(pattern):
+                remove(path)
         # Partial downloads of killed runs (the run lock makes them all stale).
         for path in self.cache.glob("*/*.part-*"):
             path.unlink(missing_ok=True)

@@ -205,8 +205,13 @@ def test_state_dir_others_can_write_is_a_clear_error(make_repo: Any, state_dir: 
                                                      out_dir: Path) -> None:
     state_dir.mkdir()
     state_dir.chmod(0o777)
+    # The run lock is taken (and truncated) before anything else is written there.
+    victim = state_dir.parent / "victim"
+    victim.write_text("root's file\n")
+    (state_dir / "lock").symlink_to(victim)
     res = run_cli("run", "--source", make_repo(web_tree()).url, "--role", "web",
                   "-e", f"out_dir={out_dir}")
     assert res.rc == 2
     assert f"{state_dir} is writable by others" in res.stderr and "Traceback" not in res.stderr
+    assert victim.read_text() == "root's file\n"
     assert not (state_dir / "releases").exists() or not list((state_dir / "releases").iterdir())
