@@ -14,7 +14,10 @@ can write the directory can redirect the write:
   sticky bit) or that is owned by someone else than root or us is refused
   with :class:`UnsafeDirError`.
 
-:func:`read_json` reads back a file pullboot wrote earlier and never raises:
+:func:`read_json` reads only regular files owned by root or us, never
+through a symlink.
+
+It reads back a file pullboot wrote earlier and never raises:
 a missing file gives None quietly; a malformed one (truncated, binary, the
 wrong JSON type, a directory, a FIFO, a symlink, too big) gives None and a
 warning naming the file, so a damaged state dir never wedges later runs.
@@ -141,6 +144,7 @@ def read_json(path: Path, expect: type[_T], *, what: str = "file",
 def read_bytes(path: Path, *, limit: int = MAX_READ_BYTES) -> bytes | None:
     """A regular file's bytes (None when missing), never through a symlink or from a FIFO.
 
+    Only files owned by root or by us are read: pullboot wrote them, nobody else.
     Raises OSError (or ValueError when over ``limit``) for anything else.
     """
     try:
@@ -156,6 +160,8 @@ def read_bytes(path: Path, *, limit: int = MAX_READ_BYTES) -> bytes | None:
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise OSError(errno.EINVAL, kind)
+        if st.st_uid not in (0, os.geteuid()):
+            raise OSError(errno.EPERM, f"owned by uid {st.st_uid}, not by root or us")
         if st.st_size > limit:
             raise ValueError(f"is {st.st_size} bytes, more than {limit}")
         chunks, size = [], 0

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from pullboot.atomic import read_json, write_json_atomic
-from pullboot.errors import PullbootError
+from pullboot.atomic import check_dir, read_json, write_json_atomic
+from pullboot.errors import PullbootError, UnsafeDirError
 from pullboot.lock import pid_alive
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,23 @@ class StatusFile:
 
 
 def read(path: Path, *, warn: bool = True) -> dict[str, Any] | None:
-    """The status file's content, or None when absent or unreadable (warned, see read_json)."""
+    """The status file's content, or None when absent or unreadable (warned, see read_json).
+
+    A file in a directory others can write is ignored too: :class:`StatusFile`
+    never writes there, so whatever is there was not written by pullboot.
+    """
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return read_json(path, dict, what="status file", warn=warn)  # it says why
+    try:
+        check_dir(dfd, path.parent)
+    except UnsafeDirError as exc:
+        if warn:
+            log.warning("ignoring the status file %s: %s", path, exc.message)
+        return None
+    finally:
+        os.close(dfd)
     return read_json(path, dict, what="status file", warn=warn)
 
 

@@ -215,3 +215,21 @@ def test_state_dir_others_can_write_is_a_clear_error(make_repo: Any, state_dir: 
     assert f"{state_dir} is writable by others" in res.stderr and "Traceback" not in res.stderr
     assert victim.read_text() == "root's file\n"
     assert not (state_dir / "releases").exists() or not list((state_dir / "releases").iterdir())
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777])
+def test_status_file_pullboot_did_not_write_is_ignored(mode: int, tmp_path: Path) -> None:
+    """A forged "finished" in a dir others can write never ends ``status --wait``."""
+    shared = tmp_path / "run-pullboot"
+    shared.mkdir()
+    shared.chmod(mode)
+    forged = shared / "status.json"
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    forged.write_text(json.dumps({"status": "successful", "exit_code": 0, "run_id": "forged",
+                                  "boot_id": boot_id, "pid": 1}))
+    os.chown(forged, 65534, 65534)  # written by someone else (the tests run as root)
+    res = run_cli("status", "--wait", "--timeout", "1",
+                  env={"PULLBOOT_STATUS_FILE": str(forged)})
+    assert res.rc == 5, (res.stdout, res.stderr)  # waited in vain: nothing pullboot wrote
+    assert "forged" not in res.stdout
+    assert _warned(res, forged), res.stderr
