@@ -134,7 +134,7 @@ class InstanceSpec:
     # -- persistence -------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the writer refuses 0775
         write_json_atomic(directory / _SPEC_FILE, asdict(self))
 
     @classmethod
