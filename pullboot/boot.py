@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from pullboot import config, pipeline, secrets, ship, signals, splay
+from pullboot.atomic import read_json, write_json_atomic
 from pullboot.errors import EXIT_PLAY_FAILED, PullbootError
 from pullboot.identity import Identity
 from pullboot.lock import RunLock
 from pullboot.model import Report, Request, Resolution, RunResult, RunStatus
-from pullboot.state import StateDir, write_json_atomic
+from pullboot.state import StateDir
 from pullboot.status import StatusFile, current_boot_id
 
 log = logging.getLogger(__name__)
@@ -287,11 +288,8 @@ def _is_boot_run(state: StateDir) -> bool:
     boot_id = current_boot_id()
     if boot_id is None:
         return True
-    try:
-        marker = json.loads((state.root / BOOT_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    return not isinstance(marker, dict) or marker.get("boot_id") != boot_id
+    marker = read_json(state.root / BOOT_MARKER, dict, what="boot-run marker")
+    return marker is None or marker.get("boot_id") != boot_id
 
 
 def _mark_boot_run(state: StateDir, run_id: str) -> None:

@@ -118,6 +118,10 @@ class StateError(PullbootError, OSError):
     stage = "state"
 
 
+class UnsafeDirError(StateError):
+    """A directory pullboot writes into can be changed by others (owner or mode)."""
+
+
 class Canceled(PullbootError):
     """SIGTERM/SIGINT arrived before the play started."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pullboot import __version__, config, playbooks, roles
+from pullboot.atomic import write_json_atomic
 from pullboot.errors import Canceled, ConfigError, PullbootError, StateError
 from pullboot.events import EventRecorder
 from pullboot.identity import Identity, local_identity, read_ec2_api_tags, read_identity
@@ -31,7 +32,7 @@ from pullboot.model import (
     RunStatus,
     SourceInfo,
 )
-from pullboot.state import StateDir, new_run_id, write_json_atomic
+from pullboot.state import StateDir, new_run_id
 from pullboot.trust import Policy
 from pullboot.userdata import parse_user_data
 

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import yaml
 
+from pullboot.atomic import write_json_atomic
 from pullboot.errors import RunError
 from pullboot.secrets import SecretGuard, scrub_tree
 
@@ -320,10 +321,7 @@ def scrub_command_artifact(artifact_dir: Path) -> bool:
         return False
     if isinstance(data, dict) and "env" in data:
         data["env"] = "(removed by pullboot: the environment is not kept on disk)"
-        tmp = path.with_name(".command.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_json_atomic(path, data)
     return True
 
 
