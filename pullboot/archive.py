@@ -267,8 +267,9 @@ class _Plan:
         self.size += m.size if m.kind == "file" else 0
         self.name_bytes += len(m.name) + len(m.target)
         if self.count > self.limits.max_members:
-            self._refuse(f"has at least {self.count} members (limit "
-                         f"{self.limits.max_members})", "raise the limit or shrink it")
+            # Counted as the headers stream by: a bomb is not read to its end.
+            self._refuse(f"has more than {self.limits.max_members} members",
+                         "raise s3.max_members or shrink the bundle")
         if self.size > self.limits.max_bytes:
             self._refuse(f"expands to {self.size} bytes (limit {self.limits.max_bytes})",
                          "raise s3.max_bytes or shrink the bundle")

@@ -186,7 +186,7 @@ def test_symlink_chain_escape_is_refused(tmp_path: Path, box: tuple[Path, Path])
 def test_too_many_members(tmp_path: Path, box: tuple[Path, Path]) -> None:
     archive = _tar(tmp_path / "bundle.tar.gz", [_file(f"f{i}.yml") for i in range(5)])
     exc = _refused(archive, box, limits=Limits(max_members=4))
-    assert "5 members (limit 4)" in exc.message
+    assert "more than 4 members" in exc.message
     extract(archive, tmp_path / "ok", name="bundle.tar.gz", limits=Limits(max_members=5))
 
 
