@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Final, Literal, NoReturn
+from typing import IO, Any, Final, Literal, NoReturn
 
 from pullboot.errors import IntegrityError
 
@@ -131,6 +131,13 @@ class _BoundedTarInfo(tarfile.TarInfo):
         parent = tarfile.TarInfo._proc_member  # type: ignore[attr-defined]
         if self.type not in _EXTENDED:
             return parent(self, tar)  # type: ignore[no-any-return]
+        member: tarfile.TarInfo = self._proc_extended(tar, parent)
+        if member.size < 0:  # a pax "size" record, applied after the block was read
+            raise IntegrityError(f"tar header of {member.name[:64]!r} has a negative size",
+                                 hint=_BUILD_HINT)
+        return member
+
+    def _proc_extended(self, tar: tarfile.TarFile, parent: Any) -> tarfile.TarInfo:
         if self.size > MAX_HEADER:
             raise IntegrityError(f"tar extended header of {self.size} bytes (limit "
                                  f"{MAX_HEADER})", hint=_BUILD_HINT)

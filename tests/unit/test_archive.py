@@ -421,3 +421,13 @@ def test_negative_size_is_refused(tmp_path: Path, box: tuple[Path, Path]) -> Non
     archive = tmp_path / "neg.tar"
     archive.write_bytes(_raw_header(b"f", b"0", -512) + b"\0" * 2048)
     assert "negative size" in _refused(archive, box).message
+
+
+def test_negative_size_from_a_pax_record_is_refused(tmp_path: Path,
+                                                    box: tuple[Path, Path]) -> None:
+    archive = tmp_path / "pax-neg.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"size": "-1024"}
+        tar.addfile(info, io.BytesIO(b""))
+    assert "negative size" in _refused(archive, box).message
