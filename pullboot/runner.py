@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import yaml
 
-from pullboot.atomic import write_json_atomic
+from pullboot.atomic import write_atomic, write_json_atomic
 from pullboot.errors import RunError
 from pullboot.secrets import SecretGuard, scrub_tree
 
@@ -200,9 +200,8 @@ def write_vars_file(spec: RunSpec) -> Path:
            for name, value in spec.extravars.items()}
     path = spec.private_dir / "env" / "pullboot-extravars.yml"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        yaml.dump(doc, fh, Dumper=_VarsDumper, sort_keys=False, allow_unicode=True)
+    text = yaml.dump(doc, Dumper=_VarsDumper, sort_keys=False, allow_unicode=True)
+    write_atomic(path, text.encode("utf-8"), mode=0o600)
     return path
 
 
