@@ -23,22 +23,22 @@ from pathlib import Path
 from typing import Any, Final
 
 from pullboot import config, pipeline, secrets, ship, signals, splay
+from pullboot.atomic import read_json, write_json_atomic
 from pullboot.errors import EXIT_PLAY_FAILED, PullbootError
 from pullboot.identity import Identity
 from pullboot.lock import RunLock
-from pullboot.report import Report
-from pullboot.state import StateDir, write_json_atomic
+from pullboot.model import Report, Request, Resolution, RunResult, RunStatus
+from pullboot.state import StateDir
 from pullboot.status import StatusFile, current_boot_id
 
 log = logging.getLogger(__name__)
 
 BOOT_MARKER: Final = "boot-signals.json"
-OK_STATUSES: Final = ("successful", "unchanged")
 SIGNAL_SWITCHES: Final = ("signals.lifecycle_hook", "signals.cloudformation", "signals.tags")
 
 
 @contextmanager
-def locked(req: pipeline.Request, *, command: str) -> Iterator[config.Settings]:
+def locked(req: Request, *, command: str) -> Iterator[config.Settings]:
     """Hold the state dir's run lock (``lock.wait`` seconds of patience) for a block."""
     base = pipeline.lenient_base_settings(req)
     lock = RunLock(Path(base.get("state_dir")) / "lock", command=command)
@@ -49,13 +49,13 @@ def locked(req: pipeline.Request, *, command: str) -> Iterator[config.Settings]:
         yield base
 
 
-def run(req: pipeline.Request) -> pipeline.RunResult:
+def run(req: Request) -> RunResult:
     """The boot job under the run lock; see the module docstring."""
     with locked(req, command="run") as base:
         return _Job(req, base).run()
 
 
-def plan(req: pipeline.Request) -> pipeline.Plan:
+def plan(req: Request) -> pipeline.Plan:
     """``pipeline.plan`` under the run lock (it fetches into the shared cache)."""
     with locked(req, command="plan"):
         return pipeline.plan(req)
@@ -64,20 +64,20 @@ def plan(req: pipeline.Request) -> pipeline.Plan:
 class _Job:
     """One boot run. Holds what the hooks learn for the steps after the play."""
 
-    def __init__(self, req: pipeline.Request, base: config.Settings) -> None:
+    def __init__(self, req: Request, base: config.Settings) -> None:
         self.req = req
         self.base = base
         self.state = StateDir(Path(base.get("state_dir")))
         self.status = StatusFile(Path(base.get("status_file")))
         self.guard = secrets.SecretGuard()
-        self.resolution: pipeline.Resolution | None = None
+        self.resolution: Resolution | None = None
         self.identified = False
         self.plan_ctx: signals.PlanContext | None = None
         self.planned: list[signals.Readiness] = []
         self.boot_run = True
         self.splay_s = 0.0
 
-    def run(self) -> pipeline.RunResult:
+    def run(self) -> RunResult:
         self.status.update(phase="starting")
         redact_logs = _RedactFilter(self.guard)
         handlers = logging.getLogger("pullboot").handlers
@@ -86,30 +86,32 @@ class _Job:
         finished = False
         try:
             result = self._run_pipeline()
-            report = self._after_play(result.report)
-            path = self._write(report, result.report_path)
+            report, path = result.report, result.report_path
+            if path is None:
+                path = self._write(report, None)
             report = self._ship(report, path)
             self.status.finish(status=report.status, exit_code=report.exit_code,
                                report=str(path) if path else None)
             finished = True
             log.info("run %s finished: %s (exit %d) in %.1fs", report.run_id, report.status,
                      report.exit_code, report.duration_s)
-            return pipeline.RunResult(report=report, report_path=path)
+            return RunResult(report=report, report_path=path)
         finally:
             if not finished:  # a bug, not a run outcome: don't leave "running" behind
-                self.status.finish(status="error", exit_code=EXIT_PLAY_FAILED, report=None)
+                self.status.finish(status=RunStatus.ERROR, exit_code=EXIT_PLAY_FAILED,
+                                   report=None)
             for handler in handlers:
                 handler.removeFilter(redact_logs)
 
-    def _run_pipeline(self) -> pipeline.RunResult:
+    def _run_pipeline(self) -> RunResult:
         req = replace(self.req, on_phase=self._on_phase, on_identity=self._on_identity,
-                      before_fetch=self._before_fetch,
+                      before_fetch=self._before_fetch, finalize=self._finalize,
                       secrets=self.guard, on_event=self._redacted_events(self.req.on_event))
         try:
             return pipeline.run(req)
         finally:
             for signal in self.planned:
-                signal.stop()  # heartbeats end with the play, whatever happened
+                signal.stop()  # idempotent; here too in case the pipeline itself broke
             self.guard.cleanup()
 
     # -- hooks (called by pipeline.run) --------------------------------------------------------
@@ -127,10 +129,9 @@ class _Job:
         for signal in self.planned:
             signal.start(self.req.cancel)
 
-    def _before_fetch(self, res: pipeline.Resolution) -> None:
+    def _before_fetch(self, res: Resolution) -> None:
         self.resolution = res
-        ctx = self.plan_ctx or signals.PlanContext(res.settings, res.identity)
-        template = ctx.setting("results.s3").value
+        template = res.settings.get("results.s3")
         if template:
             ship.check_template(template)
         settings = res.settings
@@ -152,8 +153,15 @@ class _Job:
 
     # -- after the play --------------------------------------------------------------------------
 
-    def _after_play(self, report: Report) -> Report:
-        """Send the signals, then add what boot integration knows to the report (redacted)."""
+    def _finalize(self, report: Report) -> Report:
+        """The pipeline's finalize hook: heartbeats end, signals go, the outcome is final.
+
+        Runs before the report is written and before success is recorded, so a
+        strict signal that fails makes the run an error everywhere: the report,
+        the exit code, and the next --only-if-changed (which runs again).
+        """
+        for signal in self.planned:
+            signal.stop()  # heartbeats end with the play, whatever happened
         warnings = list(report.warnings)
         sent: list[dict[str, Any]] = []
         if not self.identified:
@@ -164,15 +172,15 @@ class _Job:
         elif self.planned:
             self.status.phase("signal")
             outcome = signals.Outcome(run_id=report.run_id, status=report.status,
-                                      ok=report.status in OK_STATUSES,
-                                      revision=report.source.revision)
+                                      ok=report.status.ok, revision=report.source.revision)
             results = signals.send_all(self.planned, outcome, self.req.cancel)
             sent = [r.as_dict() for r in results]
             failed = [r for r in results if not r.ok]
             warnings += [f"signal {r.kind} failed: {r.detail}" for r in failed]
             strict = self.plan_ctx is not None and self.plan_ctx.settings.get("signals.strict")
             if failed and strict and report.exit_code == 0:
-                report = replace(report, status="error", exit_code=EXIT_PLAY_FAILED, error={
+                report = replace(report, status=RunStatus.ERROR, exit_code=EXIT_PLAY_FAILED,
+                                 error={
                     "stage": "signal", "type": "SignalError",
                     "message": f"readiness signal {failed[0].kind} failed: {failed[0].detail}",
                     "hint": "signals.strict is on: fix the signal, or turn it off"})
@@ -204,10 +212,7 @@ class _Job:
 
     def _ship(self, report: Report, path: Path | None) -> Report:
         res = self.resolution
-        if res is not None:
-            template = signals.PlanContext(res.settings, res.identity).setting("results.s3").value
-        else:
-            template = self.base.get("results.s3")
+        template = (res.settings if res is not None else self.base).get("results.s3")
         spool = ship.Spool(self.state.root / "spool")
         if not template and not spool.count():
             return report
@@ -272,7 +277,7 @@ def _secret_settings(settings: config.Settings
     return secrets.parse_settings(settings.get("secret_vars"), settings.get("vault_password"))
 
 
-def _first_run(res: pipeline.Resolution) -> bool:
+def _first_run(res: Resolution) -> bool:
     """True when no earlier run of this instance is recorded in the state dir."""
     me = res.identity.instance_id
     return not any((r.get("instance") or {}).get("id") == me for r in res.state.reports())
@@ -283,11 +288,8 @@ def _is_boot_run(state: StateDir) -> bool:
     boot_id = current_boot_id()
     if boot_id is None:
         return True
-    try:
-        marker = json.loads((state.root / BOOT_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    return not isinstance(marker, dict) or marker.get("boot_id") != boot_id
+    marker = read_json(state.root / BOOT_MARKER, dict, what="boot-run marker")
+    return marker is None or marker.get("boot_id") != boot_id
 
 
 def _mark_boot_run(state: StateDir, run_id: str) -> None:

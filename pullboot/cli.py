@@ -23,20 +23,20 @@ import yaml
 
 from pullboot import __version__, config
 from pullboot import status as status_file
-from pullboot.errors import EXIT_CANCELED, EXIT_PLAY_FAILED, ConfigError, PullbootError
+from pullboot.errors import (
+    EXIT_CANCELED,
+    EXIT_PLAY_FAILED,
+    ConfigError,
+    PullbootError,
+    exit_code_table,
+)
+from pullboot.trust import OriginKind, Policy
 
 log = logging.getLogger("pullboot")
 
-EXIT_CODES = """\
-exit codes:
-  0   successful, or unchanged (nothing to do)
-  1   the play failed
-  2   usage or config error
-  3   identity or role resolution error
-  4   source error (fetch, verification, extraction, no playbook)
-  5   canceled (SIGTERM/SIGINT) or timed out
-  75  another run holds the lock
-"""
+# Generated from errors.py: the one table of what each exit code means.
+EXIT_CODES = "exit codes:\n" + "".join(
+    f"  {code:<3} {meaning}\n" for code, meaning, _ in exit_code_table())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,6 +190,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for key, item in result.settings.items():
         if item["origin"] != "default":
             out.write(f"setting    {key} = {item['value']!r}  <- {item['origin']}\n")
+    trust = result.trust
+    out.write(f"trust      tags may set: {', '.join(trust['tags'])}"
+              f"{'; reserved vars: ' + ', '.join(trust['tag_vars']) if trust['tag_vars'] else ''}"
+              "\n           user-data may set the launch settings "
+              "(pullboot config shows who may set each)\n")
     out.write(f"would run  {'yes' if result.would_run else 'no'}: {result.reason}\n")
     return 0
 
@@ -197,20 +202,40 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     if args.check:
         layer = config.load_file(Path(args.check), required=True)
+        config.resolve([layer])  # a bad trust.* list is an error too
         sys.stdout.write(f"{args.check}: ok ({len(layer.values)} settings)\n")
         return 0
+    policy = _host_policy(args)
     rows = [{"key": o.key, "type": o.kind if o.kind != "choice" else "|".join(o.choices),
              "default": o.default, "env": config.ENV_PREFIX + o.key.upper().replace(".", "_"),
-             "help": o.help} for o in config.SCHEMA]
+             "settable_by": _settable_by(policy, o.key), "help": o.help}
+            for o in config.SCHEMA]
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     width = max(len(r["key"]) for r in rows)
+    types = max(len(r["type"]) for r in rows)
     for r in rows:
-        sys.stdout.write(f"{r['key']:<{width}}  {r['type']:<9} default {r['default']!r}\n"
+        sys.stdout.write(f"{r['key']:<{width}}  {r['type']:<{types}}  default {r['default']!r}"
+                         f"  set by: {', '.join(r['settable_by'])}\n"
                          f"{'':<{width}}  {r['help']}\n")
     return 0
+
+
+def _host_policy(args: argparse.Namespace) -> Policy:
+    """The trust policy of this host's env and config file (the defaults if they are broken)."""
+    try:
+        return config.resolve([config.env_layer(), _config_layer(args)]).policy
+    except ConfigError as exc:
+        log.warning("showing the default trust policy: %s", exc.message)
+        return config.policy_of({})
+
+
+def _settable_by(policy: Policy, key: str) -> list[str]:
+    kinds = [OriginKind.CLI, OriginKind.ENV, OriginKind.CONFIG, OriginKind.USER_DATA,
+             OriginKind.TAG]
+    return [k.value for k in kinds if policy.allowed(k, key)]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -267,7 +292,7 @@ def _wait_status(path: Path, args: argparse.Namespace) -> int:
 
 
 def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
-    from pullboot.pipeline import Request
+    from pullboot.model import Request
 
     cli: dict[str, Any] = {}
     for attr, key in (("state_dir", "state_dir"), ("source", "source"), ("ref", "ref"),
@@ -295,7 +320,7 @@ def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
 
 
 def _config_path(args: argparse.Namespace) -> tuple[Path, bool]:
-    if args.config:
+    if getattr(args, "config", None):
         return Path(args.config), True
     if os.environ.get("PULLBOOT_CONFIG"):
         return Path(os.environ["PULLBOOT_CONFIG"]), True

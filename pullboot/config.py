@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +24,10 @@ from typing import Any, Final
 
 import yaml
 
+from pullboot import trust, values
 from pullboot.bounded import load_yaml
 from pullboot.errors import ConfigError
+from pullboot.trust import OriginKind, Policy, Tier
 
 log = logging.getLogger(__name__)
 
@@ -34,47 +38,61 @@ ENV_PREFIX: Final = "PULLBOOT_"
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its dotted key, type name, default and one line of help."""
+    """One setting: its dotted key, type name, default, help, and who may set it.
+
+    ``tier`` is the trust policy's default for the setting (:mod:`pullboot.trust`):
+    TAG (tags may set it), LAUNCH (user-data may), HOST (only cli, env and the
+    config file) or EARLY (host-only, read before user-data and tags exist).
+    """
 
     key: str
     kind: str  # str | opt-str | bool | int | float | list | dict | choice
     default: Any
     help: str
     choices: tuple[str, ...] = ()
+    tier: Tier = Tier.HOST
 
 
-SCHEMA: Final[tuple[Option, ...]] = (
-    Option("source", "opt-str", None, "where playbooks come from: dir, git or s3 URL"),
-    Option("ref", "opt-str", None, "git branch, tag or sha (default: the remote's HEAD)"),
-    Option("roles", "list", [], "roles to run, in order (role: web, or roles: [base, web])"),
-    Option("role_tag", "str", "pullboot:role", "instance tag that names the role(s)"),
-    Option("vars", "dict", {}, "extra vars (launch parameters) for the play"),
-    Option("state_dir", "str", DEFAULT_STATE_DIR, "runs, releases, caches and the lock"),
+TAG, LAUNCH, EARLY = Tier.TAG, Tier.LAUNCH, Tier.EARLY
+_BASE_SCHEMA: Final[tuple[Option, ...]] = (
+    Option("source", "opt-str", None, "where playbooks come from: dir, git or s3 URL",
+           tier=LAUNCH),
+    Option("ref", "opt-str", None, "git branch, tag or sha (default: the remote's HEAD)",
+           tier=LAUNCH),
+    Option("roles", "list", [], "roles to run, in order (role: web, or roles: [base, web])",
+           tier=TAG),
+    Option("role_tag", "str", "pullboot:role", "instance tag that names the role(s)",
+           tier=EARLY),
+    Option("vars", "dict", {}, "extra vars (launch parameters) for the play", tier=TAG),
+    Option("state_dir", "str", DEFAULT_STATE_DIR, "runs, releases, caches and the lock",
+           tier=EARLY),
     Option("keep_runs", "int", 30, "run reports kept under state_dir/runs"),
     Option("keep_releases", "int", 3, "fetched releases kept under state_dir/releases"),
     Option("on_source_failure", "choice", "last-good", "source down: run the last good release "
-           "or fail", ("last-good", "fail")),
+           "or fail", ("last-good", "fail"), tier=LAUNCH),
     Option("only_if_changed", "bool", False, "skip the run when nothing changed since the "
-           "last successful run"),
-    Option("imds.enabled", "bool", True, "read identity, tags and user-data from IMDS"),
-    Option("imds.tags", "bool", True, "read instance tags from IMDS (needs metadata tags on)"),
-    Option("imds.allow_v1", "bool", False, "fall back to IMDSv1 when no token can be had"),
-    Option("imds.timeout", "float", 2.0, "seconds per IMDS request"),
-    Option("imds.budget", "float", 120.0, "total seconds to wait for IMDS at boot"),
-    Option("ec2_tags", "bool", True, "read tags with the EC2 API when IMDS has none"),
-    Option("run.check", "bool", False, "ansible check mode"),
-    Option("run.diff", "bool", False, "ansible diff mode"),
-    Option("run.tags", "list", [], "only run tasks with these tags"),
-    Option("run.skip_tags", "list", [], "skip tasks with these tags"),
-    Option("run.limit", "opt-str", None, "limit the play to these hosts"),
-    Option("run.verbosity", "int", 0, "ansible verbosity (0-4)"),
-    Option("run.timeout", "int", 0, "job timeout in seconds (0: none)"),
+           "last successful run", tier=LAUNCH),
+    Option("imds.enabled", "bool", True, "read identity, tags and user-data from IMDS", tier=EARLY),
+    Option("imds.tags", "bool", True, "read instance tags from IMDS (needs metadata tags on)",
+           tier=EARLY),
+    Option("imds.allow_v1", "bool", False, "fall back to IMDSv1 when no token can be had",
+           tier=EARLY),
+    Option("imds.timeout", "float", 2.0, "seconds per IMDS request", tier=EARLY),
+    Option("imds.budget", "float", 120.0, "total seconds to wait for IMDS at boot", tier=EARLY),
+    Option("ec2_tags", "bool", True, "read tags with the EC2 API when IMDS has none", tier=EARLY),
+    Option("run.check", "bool", False, "ansible check mode", tier=LAUNCH),
+    Option("run.diff", "bool", False, "ansible diff mode", tier=LAUNCH),
+    Option("run.tags", "list", [], "only run tasks with these tags", tier=LAUNCH),
+    Option("run.skip_tags", "list", [], "skip tasks with these tags", tier=LAUNCH),
+    Option("run.limit", "opt-str", None, "limit the play to these hosts", tier=LAUNCH),
+    Option("run.verbosity", "int", 0, "ansible verbosity (0-4)", tier=LAUNCH),
+    Option("run.timeout", "int", 0, "job timeout in seconds (0: none)", tier=LAUNCH),
     Option("run.keep_artifacts", "int", 5, "ansible-runner artifact dirs kept"),
     # -- sources (integrity, auth, retries) --
     Option("fetch.retry_budget", "float", 60.0, "seconds to keep retrying an unreachable "
-           "source before falling back"),
-    Option("git.full", "bool", False, "full clone instead of a shallow one"),
-    Option("git.submodules", "bool", False, "fetch submodules too"),
+           "source before falling back", tier=LAUNCH),
+    Option("git.full", "bool", False, "full clone instead of a shallow one", tier=LAUNCH),
+    Option("git.submodules", "bool", False, "fetch submodules too", tier=LAUNCH),
     Option("git.ssh_key", "opt-str", None, "deploy key: a path, ssm:NAME or secretsmanager:ID"),
     Option("git.known_hosts", "opt-str", None, "known_hosts file for strict host-key checks"),
     Option("git.accept_new_host_key", "bool", False, "trust an unknown SSH host key on first "
@@ -85,7 +103,7 @@ SCHEMA: Final[tuple[Option, ...]] = (
     Option("git.allowed_signers", "list", [], "GPG fingerprints or SSH public keys allowed to "
            "sign"),
     Option("git.gpg_keys", "list", [], "armored GPG public key files to verify with"),
-    Option("s3.version_id", "opt-str", None, "pin the bundle to this S3 version"),
+    Option("s3.version_id", "opt-str", None, "pin the bundle to this S3 version", tier=LAUNCH),
     Option("s3.checksum", "choice", "auto", "verify sha256: auto (when published), required, "
            "off", ("auto", "required", "off")),
     Option("s3.signature_keys", "list", [], "Ed25519 public keys (PEM files or base64) for "
@@ -94,36 +112,55 @@ SCHEMA: Final[tuple[Option, ...]] = (
     Option("s3.max_bytes", "int", 1 << 30, "largest extracted bundle size"),
     Option("s3.max_members", "int", 100_000, "most members in a bundle"),
     Option("galaxy.enabled", "bool", True, "install the tree's requirements.yml into the "
-           "release"),
+           "release", tier=LAUNCH),
     # -- boot integration --
-    Option("lock.wait", "float", 0.0, "seconds to wait for another run's lock (0: exit 75)"),
-    Option("splay", "float", 0.0, "random delay in seconds before fetching"),
-    Option("splay_stable", "bool", False, "derive the splay from the instance id"),
-    Option("splay_first_boot", "bool", False, "splay the first boot run too"),
-    Option("status_file", "str", "/run/pullboot/status.json", "live phase/status of the run"),
-    Option("signals.lifecycle_hook", "opt-str", None, "Auto Scaling lifecycle hook to complete"),
+    Option("lock.wait", "float", 0.0, "seconds to wait for another run's lock (0: exit 75)",
+           tier=EARLY),
+    Option("splay", "float", 0.0, "random delay in seconds before fetching", tier=LAUNCH),
+    Option("splay_stable", "bool", False, "derive the splay from the instance id", tier=LAUNCH),
+    Option("splay_first_boot", "bool", False, "splay the first boot run too", tier=LAUNCH),
+    Option("status_file", "str", "/run/pullboot/status.json", "live phase/status of the run",
+           tier=EARLY),
+    Option("signals.lifecycle_hook", "opt-str", None, "Auto Scaling lifecycle hook to complete",
+           tier=LAUNCH),
     Option("signals.lifecycle_group", "opt-str", None, "Auto Scaling group (default: the "
-           "aws:autoscaling:groupName tag)"),
+           "aws:autoscaling:groupName tag)", tier=LAUNCH),
     Option("signals.on_failure", "choice", "ABANDON", "lifecycle result for a failed run",
-           ("ABANDON", "CONTINUE")),
+           ("ABANDON", "CONTINUE"), tier=LAUNCH),
     Option("signals.heartbeat_interval", "float", 300.0, "seconds between lifecycle "
-           "heartbeats during a run"),
-    Option("signals.cloudformation", "bool", False, "send cfn SignalResource"),
+           "heartbeats during a run", tier=LAUNCH),
+    Option("signals.cloudformation", "bool", False, "send cfn SignalResource", tier=LAUNCH),
     Option("signals.cfn_stack", "opt-str", None, "stack (default: aws:cloudformation:stack-name "
-           "tag)"),
+           "tag)", tier=LAUNCH),
     Option("signals.cfn_resource", "opt-str", None, "logical id (default: "
-           "aws:cloudformation:logical-id tag)"),
-    Option("signals.tags", "bool", False, "write pullboot:status/revision/run-id tags"),
-    Option("signals.budget", "float", 60.0, "seconds to keep retrying a signal"),
-    Option("signals.strict", "bool", False, "a failed signal fails the run"),
-    Option("results.s3", "opt-str", None, "ship reports to s3://bucket/prefix (templated)"),
-    Option("results.timeout", "float", 20.0, "most seconds shipping may add to a run"),
+           "aws:cloudformation:logical-id tag)", tier=LAUNCH),
+    Option("signals.tags", "bool", False, "write pullboot:status/revision/run-id tags",
+           tier=LAUNCH),
+    Option("signals.budget", "float", 60.0, "seconds to keep retrying a signal", tier=LAUNCH),
+    Option("signals.strict", "bool", False, "a failed signal fails the run", tier=LAUNCH),
+    Option("results.s3", "opt-str", None, "ship reports to s3://bucket/prefix (templated)",
+           tier=LAUNCH),
+    Option("results.timeout", "float", 20.0, "most seconds shipping may add to a run", tier=LAUNCH),
     Option("secret_vars", "dict", {}, "vars fetched at run time: name -> ssm:NAME or "
            "secretsmanager:ID"),
     Option("vault_password", "opt-str", None, "ansible-vault password: ssm:NAME or "
            "secretsmanager:ID"),
 )
+SCHEMA: Final[tuple[Option, ...]] = (*_BASE_SCHEMA,
+    # -- the trust policy (pullboot.trust): only the host may set it --
+    Option("trust.tags", "list", [], "more settings instance tags may set (beyond roles and "
+           "vars): tag pullboot:<key>", tier=EARLY),
+    Option("trust.user_data", "list", [], "more settings user-data may set (beyond the "
+           "launch settings)", tier=EARLY),
+    Option("trust.host_only", "list", [], "settings neither tags nor user-data may set, "
+           "whatever their default", tier=EARLY),
+    Option("trust.tag_vars", "list", [], "reserved var names (ansible_*, magic vars) tags "
+           "may set", tier=EARLY),
+    Option("trust.user_data_vars", "list", [], "reserved var names user-data may set",
+           tier=EARLY),
+)
 OPTIONS: Final[dict[str, Option]] = {o.key: o for o in SCHEMA}
+TIERS: Final[dict[str, Tier]] = {o.key: o.tier for o in SCHEMA}
 # Short names accepted in config, user-data and tags.
 ALIASES: Final[dict[str, str]] = {"role": "roles"}
 
@@ -134,6 +171,12 @@ class Resolved:
 
     value: Any
     origin: str
+    kind: OriginKind = OriginKind.DEFAULT
+
+    @property
+    def from_host(self) -> bool:
+        """True when the host (cli, env, config, default) set it: not tags or user-data."""
+        return self.kind in trust.HOST_KINDS
 
 
 @dataclass(frozen=True)
@@ -147,6 +190,15 @@ class Layer:
     def origin_of(self, key: str) -> str:
         return self.origins.get(key, self.origin)
 
+    @property
+    def kind(self) -> OriginKind:
+        """Who owns this layer; an unknown origin counts as the least trusted (a tag)."""
+        return _LAYER_KINDS.get(self.origin, OriginKind.TAG)
+
+
+_LAYER_KINDS: Final = {"cli": OriginKind.CLI, "env": OriginKind.ENV,
+                       "config": OriginKind.CONFIG, "user-data": OriginKind.USER_DATA}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -154,6 +206,7 @@ class Settings:
 
     resolved: Mapping[str, Resolved]
     vars: Mapping[str, Resolved]
+    policy: Policy = field(default_factory=lambda: policy_of({}))
 
     def get(self, key: str) -> Any:
         return self.resolved[key].value
@@ -168,9 +221,29 @@ class Settings:
 _SECTIONS: Final = frozenset(k.split(".", 1)[0] for k in OPTIONS if "." in k)
 
 
+def policy_of(values: Mapping[str, Any]) -> Policy:
+    """The trust policy from resolved ``trust.*`` values (missing keys: the defaults)."""
+    def get(key: str) -> Any:
+        return values.get(key, OPTIONS[key].default)
+
+    return Policy.build(TIERS, tags=get("trust.tags"), user_data=get("trust.user_data"),
+                        host_only=get("trust.host_only"), tag_vars=get("trust.tag_vars"),
+                        user_data_vars=get("trust.user_data_vars"))
+
+
 def resolve(layers: Iterable[Layer]) -> Settings:
-    """Merge layers (highest precedence first) over the schema defaults."""
+    """Merge layers (highest precedence first) over the schema defaults.
+
+    Every value is first checked against the trust policy, which itself comes
+    only from host layers (cli, env, config): a tag or user-data value that
+    the policy refuses raises TrustError, naming the key, its origin and the
+    config line that would allow it.
+    """
     layers = list(layers)
+    policy = policy_of({key: value for lay in reversed(layers) if lay.kind in trust.HOST_KINDS
+                        for key, value in lay.values.items() if key.startswith("trust.")})
+    for lay in layers:
+        _check_layer(lay, policy)
     resolved: dict[str, Resolved] = {}
     for opt in SCHEMA:
         if opt.key == "vars":
@@ -179,13 +252,21 @@ def resolve(layers: Iterable[Layer]) -> Settings:
         if hit is None:
             resolved[opt.key] = Resolved(opt.default, "default")
         else:
-            resolved[opt.key] = Resolved(hit.values[opt.key], hit.origin_of(opt.key))
+            resolved[opt.key] = Resolved(hit.values[opt.key], hit.origin_of(opt.key), hit.kind)
     merged: dict[str, Resolved] = {}
     for lay in reversed(layers):
         for name, value in (lay.values.get("vars") or {}).items():
-            merged[name] = Resolved(value, lay.origin_of(f"vars.{name}"))
+            merged[name] = Resolved(value, lay.origin_of(f"vars.{name}"), lay.kind)
     resolved["vars"] = Resolved({n: r.value for n, r in merged.items()}, "merged")
-    return Settings(resolved=resolved, vars=merged)
+    return Settings(resolved=resolved, vars=merged, policy=policy)
+
+
+def _check_layer(layer: Layer, policy: Policy) -> None:
+    kind = layer.kind
+    for key in layer.values:
+        policy.check_setting(kind, key, layer.origin_of(key))
+    for name in layer.values.get("vars") or {}:
+        policy.check_var(kind, name, layer.origin_of(f"vars.{name}"))
 
 
 def flatten(doc: Mapping[str, Any], *, where: str) -> dict[str, Any]:
@@ -205,17 +286,31 @@ def coerce(key: str, value: Any, *, where: str) -> Any:
     """Check ``value`` against the schema type of ``key``; strings are parsed (env, tags)."""
     opt = OPTIONS.get(key)
     if opt is None:
-        raise ConfigError(f"unknown setting {key!r} in {where}", hint=_did_you_mean(key))
+        raise ConfigError(f"unknown setting {key!r} in {where}", hint=did_you_mean(key))
     try:
-        return _COERCE[opt.kind](opt, value)
+        coerced = _COERCE[opt.kind](opt, value)
+        check = values.VALIDATORS.get(key)
+        if check is not None and coerced is not None:
+            check(coerced)
+        return coerced
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"setting {key!r} in {where}: {exc}",
-            hint=f"{key} takes {_describe(opt)}, e.g. {key}: {_example(opt)}",
+            hint=_HINTS.get(key) or f"{key} takes {_describe(opt)}, e.g. {key}: {_example(opt)}",
         ) from None
 
 
-def _did_you_mean(key: str) -> str:
+_HINTS: Final = {
+    "ref": "use a branch, tag or commit sha, e.g. ref: main (or v1.2.0, or a full sha)",
+    "source": "use a directory, file:///path, git+https://host/repo.git, git+ssh://host/repo, "
+              "git://host/repo or s3://bucket/key.tar.gz",
+    "run.limit": "a host pattern is a plain word, e.g. limit: localhost",
+    "run.tags": "tag names are plain words, e.g. tags: [web, config]",
+    "run.skip_tags": "tag names are plain words, e.g. skip_tags: [slow]",
+}
+
+
+def did_you_mean(key: str) -> str:
     known = sorted(set(OPTIONS) | set(ALIASES))
     close = difflib.get_close_matches(key, known, n=1)
     if close:
@@ -244,6 +339,8 @@ def _as_float(_: Option, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float | str):
         raise TypeError(f"expected a number, got {type(v).__name__}")
     f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"expected a finite number, got {v!r}")
     if f < 0:
         raise ValueError(f"expected a number >= 0, got {f}")
     return f
@@ -305,7 +402,7 @@ def _example(opt: Option) -> str:
 def load_file(path: Path, *, required: bool) -> Layer:
     """Read and validate a YAML config file; a missing optional file is an empty layer."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_config_text(path)
     except FileNotFoundError:
         if required:
             raise ConfigError(f"config file {path} does not exist",
@@ -332,6 +429,27 @@ def load_file(path: Path, *, required: bool) -> Layer:
                           f"not {type(doc).__name__}", hint="see the README's config reference")
     log.debug("loaded config file %s", path)
     return Layer("config", flatten(doc, where=f"config file {path}"))
+
+
+MAX_CONFIG_BYTES: Final = 1 << 20
+
+
+def _read_config_text(path: Path) -> str:
+    """The file's text: a regular file of at most MAX_CONFIG_BYTES, opened without blocking.
+
+    O_NONBLOCK keeps a FIFO from hanging the boot; fstat refuses anything but a
+    regular file (a FIFO, /dev/zero, a directory) before a byte is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"config file {path} is not a regular file",
+                              hint="point --config / PULLBOOT_CONFIG at a YAML file")
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes",
+                          hint="a pullboot config file is a few lines of YAML; check the path")
+    return data.decode("utf-8")
 
 
 def env_layer(environ: Mapping[str, str] | None = None) -> Layer:

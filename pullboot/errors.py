@@ -8,6 +8,7 @@ that reports can show it on its own line.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Final
 
 EXIT_OK: Final = 0
@@ -17,6 +18,18 @@ EXIT_IDENTITY: Final = 3
 EXIT_SOURCE: Final = 4
 EXIT_CANCELED: Final = 5
 EXIT_LOCKED: Final = 75
+
+# What each exit code means: the CLI's --help table and the README's are generated from (and
+# checked against) this, together with the classes below that carry each code.
+EXIT_MEANINGS: Final[dict[int, str]] = {
+    EXIT_OK: "successful, or unchanged (nothing to do)",
+    EXIT_PLAY_FAILED: "the play failed (or a strict readiness signal did)",
+    EXIT_USAGE: "usage, config or trust-policy error (a secret that cannot be read included)",
+    EXIT_IDENTITY: "identity or role resolution error",
+    EXIT_SOURCE: "source error (fetch, verification, extraction, no playbook for a role)",
+    EXIT_CANCELED: "canceled (SIGTERM/SIGINT) or timed out",
+    EXIT_LOCKED: "another run holds the lock",
+}
 
 
 class PullbootError(Exception):
@@ -51,6 +64,12 @@ class SecretError(ConfigError):
 
     exit_code = EXIT_USAGE
     stage = "secrets"
+
+
+class TrustError(ConfigError):
+    """A value came from an origin the trust policy does not allow to set it."""
+
+    stage = "trust"
 
 
 class IdentityError(PullbootError):
@@ -108,3 +127,46 @@ class StateError(PullbootError, OSError):
     """The state dir cannot be created or written."""
 
     stage = "state"
+
+
+class UnsafeDirError(StateError):
+    """A directory pullboot writes into can be changed by others (owner or mode)."""
+
+
+class Canceled(PullbootError):
+    """SIGTERM/SIGINT arrived before the play started."""
+
+    exit_code = EXIT_CANCELED
+    stage = "run"
+
+
+class SimError(PullbootError):
+    """The simulator cannot do what was asked (podman, image build, instance, servers)."""
+
+    stage = "sim"
+
+
+class PodmanError(SimError):
+    """A podman command failed; carries the command, exit code and the tail of stderr."""
+
+    STDERR_TAIL: ClassVar[int] = 2000
+
+    def __init__(self, args: Sequence[str], returncode: int, stderr: str) -> None:
+        tail = stderr.strip()[-self.STDERR_TAIL:]
+        super().__init__(f"`podman {' '.join(args)}` failed (exit {returncode}): {tail}",
+                         hint="see podman's message above")
+        self.args_ = tuple(args)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+def exit_code_table() -> list[tuple[int, str, list[str]]]:
+    """(code, meaning, error classes that exit with it), for --help and the README."""
+    classes: dict[int, list[str]] = {}
+    stack: list[type[PullbootError]] = [PullbootError]
+    while stack:
+        cls = stack.pop()
+        classes.setdefault(cls.exit_code, []).append(cls.__name__)
+        stack.extend(cls.__subclasses__())
+    return [(code, meaning, sorted(classes.get(code, [])))
+            for code, meaning in EXIT_MEANINGS.items()]

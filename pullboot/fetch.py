@@ -20,28 +20,17 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pullboot import __version__, galaxy, sources
 from pullboot.errors import ConfigError, SourceError, TransientSourceError
-from pullboot.pipeline import Resolution
-from pullboot.report import SourceInfo
+from pullboot.model import Release, Resolution, SourceInfo
 from pullboot.state import release_id
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0
-
-
-@dataclass(frozen=True)
-class Release:
-    """A tree ready to run and what it is."""
-
-    tree: Path
-    info: SourceInfo
 
 
 def make_source(res: Resolution) -> sources.Source:

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from pullboot.atomic import check_dir
 from pullboot.errors import LockError, StateError
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,17 @@ class RunLock:
     def _open(self) -> int:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Taken before the state dir is prepared, and truncated once held: a
+            # symlink planted in a dir others can write would aim that at any file.
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                check_dir(dfd, self.path.parent)
+                return os.open(self.path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                               | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        except StateError:
+            raise
         except OSError as exc:
             raise StateError(f"cannot create the lock file {self.path}: {exc.strerror}",
                              hint="run as root, or pass --state-dir / PULLBOOT_STATE_DIR "

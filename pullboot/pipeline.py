@@ -9,7 +9,6 @@ runs nothing.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,65 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from pullboot import __version__, config, playbooks, roles
-from pullboot.errors import EXIT_CANCELED, ConfigError, PullbootError, StateError
+from pullboot.atomic import write_json_atomic
+from pullboot.errors import Canceled, ConfigError, PullbootError, StateError
 from pullboot.events import EventRecorder
 from pullboot.identity import Identity, local_identity, read_ec2_api_tags, read_identity
 from pullboot.imds import ImdsClient, ImdsOptions, imds_disabled, imds_endpoint
-from pullboot.report import EXIT_FOR_STATUS, Report, SourceInfo
-from pullboot.roles import RoleChoice
-from pullboot.secrets import SecretGuard
-from pullboot.state import StateDir, new_run_id, write_json_atomic
+from pullboot.model import (
+    EXIT_FOR_STATUS,
+    Release,
+    Report,
+    Request,
+    Resolution,
+    RunResult,
+    RunStatus,
+    SourceInfo,
+)
+from pullboot.state import StateDir, new_run_id
+from pullboot.trust import Policy
 from pullboot.userdata import parse_user_data
 
 log = logging.getLogger(__name__)
-
-
-class Canceled(PullbootError):
-    """SIGTERM/SIGINT arrived before the play started."""
-
-    exit_code = EXIT_CANCELED
-    stage = "run"
-
-
-@dataclass(frozen=True)
-class Request:
-    """What the CLI asks for. ``cli`` holds dotted setting keys from flags."""
-
-    cli: Mapping[str, Any] = field(default_factory=dict)
-    config_path: Path = config.DEFAULT_CONFIG
-    config_required: bool = False
-    environ: Mapping[str, str] | None = None
-    on_event: Callable[[Mapping[str, Any]], None] | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    # Called with each phase name (resolve, fetch, run, report) as the run
-    # proceeds; boot integration writes the live status file from it.
-    on_phase: Callable[[str, str], None] | None = None
-    # Called as soon as identity and settings are known, before roles are
-    # validated: readiness signals must be able to say ABANDON even when no
-    # valid role is found.
-    on_identity: Callable[[config.Settings, Identity], None] | None = None
-    # Called once identity and roles are known, before anything is fetched
-    # (splay, secrets).
-    before_fetch: Callable[[Resolution], None] | None = None
-    # The run's secrets (boot integration fills it in before_fetch): values to
-    # redact from events and artifacts, and ansible's env (references only).
-    secrets: SecretGuard = field(default_factory=SecretGuard)
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """Who we are and what to run, each value with its origin."""
-
-    settings: config.Settings
-    identity: Identity
-    roles: tuple[RoleChoice, ...]
-    state: StateDir
-
-
-@dataclass(frozen=True)
-class RunResult:
-    report: Report
-    report_path: Path | None
 
 
 def base_layers(req: Request) -> list[config.Layer]:
@@ -113,7 +73,8 @@ def resolve(req: Request) -> Resolution:
     identity = _identity(base, req.environ)
     section = parse_user_data(identity.user_data)
     settings = config.resolve([cli, env, roles.user_data_layer(section),
-                               roles.tag_layer(identity, role_tag=base.get("role_tag")), cfg])
+                               roles.tag_layer(identity, role_tag=base.get("role_tag"),
+                                               policy=base.policy), cfg])
     _log_origins(settings)
     if req.on_identity is not None:
         req.on_identity(settings, identity)
@@ -143,7 +104,7 @@ def run(req: Request) -> RunResult:
             unchanged = _unchanged(res)
             if unchanged is not None:
                 ctx.source = unchanged
-                return _finish(ctx, req, status="unchanged", exit_code=0)
+                return _finish(ctx, req, status=RunStatus.UNCHANGED, exit_code=0)
         _check_cancel(req)
         _phase(req, "fetch", run_id)
         release = fetch.fetch_release(res, cancel=req.cancel.is_set)
@@ -153,25 +114,26 @@ def run(req: Request) -> RunResult:
         ctx.playbooks = [str(p.relative_to(release.tree)) for p in books]
         return _run_play(req, ctx, res, release, books)
     except PullbootError as exc:
-        return _finish(ctx, req, status="canceled" if isinstance(exc, Canceled) else "error",
-                       exit_code=exc.exit_code, error=exc)
+        status = RunStatus.CANCELED if isinstance(exc, Canceled) else RunStatus.ERROR
+        return _finish(ctx, req, status=status, exit_code=exc.exit_code, error=exc)
     except OSError as exc:
         # The host, not the input: a full or read-only state dir, a vanished file.
         err = StateError(f"{exc.strerror or exc}: {exc.filename or 'the state dir'}",
                          hint="free space in (or fix) the state dir; the last good release "
                          "is untouched")
-        return _finish(ctx, req, status="error", exit_code=err.exit_code, error=err)
+        return _finish(ctx, req, status=RunStatus.ERROR, exit_code=err.exit_code, error=err)
 
 
-def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Any,
+def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Release,
               books: tuple[Path, ...]) -> RunResult:
     from pullboot import runner
 
     assert ctx.run_dir is not None
     settings = res.settings
+    extravars, data_vars = _extravars(ctx, res)
     spec = runner.RunSpec(
         run_id=ctx.run_id, private_dir=res.state.runner, project_dir=release.tree,
-        playbooks=books, extravars=_extravars(ctx, res),
+        playbooks=books, extravars=extravars, data_vars=data_vars,
         check=settings.get("run.check"), diff=settings.get("run.diff"),
         tags=tuple(settings.get("run.tags")), skip_tags=tuple(settings.get("run.skip_tags")),
         limit=settings.get("run.limit"), verbosity=settings.get("run.verbosity"),
@@ -185,11 +147,12 @@ def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Any,
     with EventRecorder(events_path, redact=req.secrets.redactor, on_event=req.on_event) as rec:
         ctx.recorder = rec
         outcome = runner.run(spec, event_handler=rec, cancel_callback=req.cancel.is_set)
-    status = outcome.status if outcome.status in EXIT_FOR_STATUS else "failed"
-    if status == "successful" and not settings.get("run.check") and not release.info.stale:
+    status = RunStatus.of_runner(outcome.status)
+    if not settings.get("run.check") and not release.info.stale:
         from pullboot.fetch import change_digest
 
-        res.state.record_success(release.info.release, {
+        # Recorded by _finish only if the run's *final* outcome is a success.
+        ctx.success = (release.info.release or "", {
             "digest": change_digest(res, release.info.revision), "run_id": ctx.run_id,
             "revision": release.info.revision, "release": release.info.release,
             "roles": [r.name for r in res.roles], "finished_at": _now(),
@@ -240,6 +203,8 @@ class Plan:
     playbooks: list[str]
     would_run: bool
     reason: str
+    # The trust policy in force: what tags and user-data may set.
+    trust: dict[str, list[str]] = field(default_factory=dict)
 
 
 def plan(req: Request) -> Plan:
@@ -256,15 +221,22 @@ def plan(req: Request) -> Plan:
     books = _select(res, release.tree)
     would_run, reason = _would_run(res, release.info)
     shown = {k: {"value": r.value, "origin": r.origin} for k, r in res.settings.resolved.items()
-             if k != "vars"}
+             if k != "vars"}  # every setting, defaults included
     return Plan(
         instance=res.identity.as_dict(), identity_from=res.identity.source,
         roles=[{"name": r.name, "origin": r.origin} for r in res.roles],
         settings=shown, vars={n: r.origin for n, r in res.settings.vars.items()},
         source=release.info, current_release=current,
         playbooks=[str(p.relative_to(release.tree)) for p in books],
-        would_run=would_run, reason=reason,
+        would_run=would_run, reason=reason, trust=policy_summary(res.settings.policy),
     )
+
+
+def policy_summary(policy: Policy) -> dict[str, list[str]]:
+    """The policy in force as lists, for plan (the config command shows it per setting)."""
+    return {"tags": sorted(policy.tags), "user_data": sorted(policy.user_data),
+            "host_only": sorted(policy.host_only), "tag_vars": sorted(policy.tag_vars),
+            "user_data_vars": sorted(policy.user_data_vars)}
 
 
 def _would_run(res: Resolution, info: SourceInfo) -> tuple[bool, str]:
@@ -299,14 +271,34 @@ class _RunContext:
     events_file: str | None = None
     recorder: EventRecorder | None = None
     warnings: list[str] = field(default_factory=list)
+    # (release id, record) of a play that succeeded, for _finish to commit.
+    success: tuple[str, dict[str, Any]] | None = None
 
 
-def _finish(ctx: _RunContext, req: Request, *, status: str, exit_code: int,
+def _finish(ctx: _RunContext, req: Request, *, status: RunStatus, exit_code: int,
             error: PullbootError | None = None) -> RunResult:
+    """The one place a run's outcome becomes final: report, finalize hook, success record."""
     _phase(req, "report", ctx.run_id)
+    report = _report(ctx, status=status, exit_code=exit_code, error=error)
+    if req.finalize is not None:
+        report = req.finalize(report)
+    path = _write_report(ctx, req, report)
+    res = ctx.resolution
+    if res is not None and path is not None:
+        if report.status is RunStatus.SUCCESSFUL and ctx.success is not None:
+            res.state.record_success(*ctx.success)
+        elif report.status.failed and not res.settings.get("run.check"):
+            # The next --only-if-changed must run again, even with no new revision.
+            res.state.clear_success()
+        res.state.prune_runs(res.settings.get("keep_runs"))
+    return RunResult(report=report, report_path=path)
+
+
+def _report(ctx: _RunContext, *, status: RunStatus, exit_code: int,
+            error: PullbootError | None) -> Report:
     res = ctx.resolution
     rec = ctx.recorder
-    report = Report(
+    return Report(
         run_id=ctx.run_id, status=status, exit_code=exit_code, started_at=ctx.started_at,
         finished_at=_now(), duration_s=round(time.monotonic() - ctx.started, 3),
         instance=res.identity.as_dict() if res else {},
@@ -319,15 +311,14 @@ def _finish(ctx: _RunContext, req: Request, *, status: str, exit_code: int,
         error=_error_dict(error), options=_options(res), pullboot_version=__version__,
         warnings=ctx.warnings + (rec.warnings if rec else []),
         sequence=res.state.sequence_of(ctx.run_dir) if res and ctx.run_dir else 0,
+        settings=shown_settings(res.settings) if res else {},
     )
-    path = _write_report(ctx, req, report)
-    if res is not None and path is not None:
-        if status in ("failed", "canceled", "timeout", "error") and not res.settings.get(
-                "run.check"):
-            # The next --only-if-changed must run again, even with no new revision.
-            res.state.clear_success()
-        res.state.prune_runs(res.settings.get("keep_runs"))
-    return RunResult(report=report, report_path=path)
+
+
+def shown_settings(settings: config.Settings) -> dict[str, dict[str, Any]]:
+    """Every non-default setting as ``{key: {value, origin}}`` (plan and the report)."""
+    return {k: {"value": r.value, "origin": r.origin} for k, r in settings.resolved.items()
+            if r.origin not in ("default", "merged")}
 
 
 def _write_report(ctx: _RunContext, req: Request, report: Report) -> Path | None:
@@ -378,8 +369,16 @@ def _select(res: Resolution, tree: Path) -> tuple[Path, ...]:
     return (book,)
 
 
-def _extravars(ctx: _RunContext, res: Resolution) -> dict[str, Any]:
+def _extravars(ctx: _RunContext, res: Resolution) -> tuple[dict[str, Any], frozenset[str]]:
+    """The play's extra vars, and the names whose values are data, never templates.
+
+    Values from instance tags and user-data, and everything under ``pullboot``
+    (identity, tags), are handed to ansible as ``!unsafe``: ansible templates
+    extra vars, so a tag value ``{{ lookup('pipe', ...) }}`` would otherwise run
+    a command as root wherever the play uses the var.
+    """
     out = dict(res.settings.var_values())
+    data = {name for name, r in res.settings.vars.items() if not r.from_host}
     out["pullboot"] = {
         "run_id": ctx.run_id,
         "instance": res.identity.as_dict(),
@@ -388,7 +387,7 @@ def _extravars(ctx: _RunContext, res: Resolution) -> dict[str, Any]:
         "source": {"url": ctx.source.url, "kind": ctx.source.kind, "ref": ctx.source.ref,
                    "revision": ctx.source.revision, "stale": ctx.source.stale},
     }
-    return out
+    return out, frozenset({*data, "pullboot"})
 
 
 def _identity(base: config.Settings, environ: Mapping[str, str] | None) -> Identity:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pullboot.errors import PlaybookError
+from pullboot.values import safe_host_stem
 
 _EXTS = (".yml", ".yaml")
 
@@ -30,7 +31,7 @@ def for_roles(tree: Path, roles: Sequence[str]) -> tuple[Path, ...]:
     found: list[Path] = []
     missing: list[str] = []
     for role in roles:
-        path = _first_file(tree / "playbooks", [role])
+        path = _first_file(tree, tree / "playbooks", [role])
         if path is None:
             missing.append(role)
         else:
@@ -49,18 +50,33 @@ def for_roles(tree: Path, roles: Sequence[str]) -> tuple[Path, ...]:
 def fallback(tree: Path, *, fqdn: str, hostname: str) -> Path | None:
     """The ansible-pull style playbook for a role-less instance, if the tree has one."""
     # The name decides first (fqdn beats hostname beats local), then the folder.
-    for name in dict.fromkeys([fqdn, hostname, "local"]):
+    # IMDS host names are untrusted: only a real host name is a candidate.
+    names = [n for n in (safe_host_stem(fqdn), safe_host_stem(hostname)) if n]
+    for name in dict.fromkeys([*names, "local"]):
         for folder in (tree, tree / "playbooks"):
-            path = _first_file(folder, [name])
+            path = _first_file(tree, folder, [name])
             if path is not None:
                 return path
     return None
 
 
-def _first_file(folder: Path, stems: Sequence[str]) -> Path | None:
+def _first_file(tree: Path, folder: Path, stems: Sequence[str]) -> Path | None:
     for stem in stems:
         for ext in _EXTS:
             path = folder / f"{stem}{ext}"
-            if path.is_file():
+            if path.is_file() and _inside(path, tree):
                 return path
     return None
+
+
+def _inside(path: Path, tree: Path) -> bool:
+    """True if ``path`` (links resolved) stays inside the fetched ``tree``.
+
+    Role names and host names are checked before they get here; this is the
+    last line: no name, and no link in the tree, can make a playbook path
+    leave the release.
+    """
+    try:
+        return path.resolve(strict=True).is_relative_to(tree.resolve(strict=True))
+    except OSError:
+        return False

@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pullboot.config import Layer, Settings, coerce, flatten
+from pullboot.config import OPTIONS, Layer, Settings, coerce, did_you_mean, flatten
 from pullboot.errors import ConfigError, RoleError
 from pullboot.identity import Identity
+from pullboot.trust import OriginKind, Policy
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ VAR_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 _VAR_RE: Final = re.compile(VAR_PATTERN)
 TAG_PREFIX: Final = "pullboot:"
 VAR_TAG_PREFIX: Final = "pullboot:var:"
-# Tags that set a top-level setting, besides the (configurable) role tag.
-_SETTING_TAGS: Final = {"pullboot:source": "source", "pullboot:ref": "ref"}
+# Tags pullboot itself writes (signals.tags): outputs, never settings.
+OUTPUT_TAGS: Final = frozenset({"pullboot:status", "pullboot:revision", "pullboot:run-id"})
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,16 @@ def resolve_roles(settings: Settings, *, looked: Iterable[str]) -> tuple[RoleCho
     return choices
 
 
-def tag_layer(identity: Identity, *, role_tag: str) -> Layer:
-    """Settings and vars named by instance tags, with ``imds-tag:KEY`` style origins."""
+def tag_layer(identity: Identity, *, role_tag: str, policy: Policy | None = None) -> Layer:
+    """Settings and vars named by instance tags, with ``imds-tag:KEY`` style origins.
+
+    ``<role_tag>`` names the roles, ``pullboot:var:<name>`` a launch parameter and
+    ``pullboot:<key>`` any other setting. Which of them tags may really set is
+    the trust policy's decision (:func:`pullboot.config.resolve`), not this
+    function's: a tag the policy refuses is an error there, never ignored.
+    Given the host's ``policy``, the refusal comes first, before the value is
+    even parsed (an attacker's tag gets "not allowed", not "fix the value").
+    """
     if not identity.tags or identity.tags_from is None:
         return Layer("tags", {})
     prefix = "imds-tag" if identity.tags_from == "imds" else "ec2-api-tag"
@@ -91,20 +100,38 @@ def tag_layer(identity: Identity, *, role_tag: str) -> Layer:
         origin = f"{prefix}:{key}"
         if key == role_tag:
             setting = "roles"
-        elif key in _SETTING_TAGS:
-            setting = _SETTING_TAGS[key]
         elif key.startswith(VAR_TAG_PREFIX):
             name = check_var_name(key[len(VAR_TAG_PREFIX):], origin=f"tag {key!r}")
+            if policy is not None:
+                policy.check_var(OriginKind.TAG, name, origin)
             tag_vars[name] = value
             origins[f"vars.{name}"] = origin
             continue
+        elif key.startswith(TAG_PREFIX) and key not in OUTPUT_TAGS:
+            named = _tag_setting(key)
+            if named is None:
+                continue
+            setting = named
         else:
             continue
+        if policy is not None:
+            policy.check_setting(OriginKind.TAG, setting, origin)
         values[setting] = coerce(setting, value, where=f"tag {key!r}")
         origins[setting] = origin
     if tag_vars:
         values["vars"] = tag_vars
     return Layer(prefix, values, origins)
+
+
+def _tag_setting(key: str) -> str | None:
+    """The setting a ``pullboot:<key>`` tag names, or None (with a warning) if none."""
+    name = key[len(TAG_PREFIX):]
+    if name in OPTIONS and name not in ("roles", "vars"):
+        return name
+    hint = did_you_mean(name) if name else ""
+    log.warning("ignoring instance tag %r: it names no pullboot setting%s", key[:80],
+                f" ({hint})" if hint.startswith("did you mean") else "")
+    return None
 
 
 def user_data_layer(section: Mapping[str, Any] | None) -> Layer:

@@ -13,6 +13,7 @@ import configparser
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from typing import Any, Final
 
 import yaml
 
+from pullboot.atomic import write_atomic, write_json_atomic
 from pullboot.errors import RunError
 from pullboot.secrets import SecretGuard, scrub_tree
 
@@ -41,6 +43,9 @@ class RunSpec:
     project_dir: Path
     playbooks: tuple[Path, ...]
     extravars: Mapping[str, Any]
+    # Names in extravars whose values are data from untrusted origins: written
+    # as ``!unsafe`` so that ansible never templates them (see write_vars_file).
+    data_vars: frozenset[str] = frozenset()
     check: bool = False
     diff: bool = False
     tags: tuple[str, ...] = ()
@@ -135,16 +140,16 @@ def _prompt_pty() -> Iterator[None]:
 
 def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
     """The one place that maps a RunSpec to ``ansible_runner.run`` arguments."""
-    cmdline = [*(["--check"] if spec.check else []), *(["--diff"] if spec.diff else [])]
+    cmdline = [*(["--check"] if spec.check else []), *(["--diff"] if spec.diff else []),
+               "-e", "@" + str(write_vars_file(spec))]
     kwargs: dict[str, Any] = {
         "private_data_dir": str(spec.private_dir),
         "project_dir": str(spec.project_dir),
         "ident": spec.run_id,
         "playbook": str(_entry_playbook(spec)),
         "inventory": [str(p) for p in _inventories(spec)],
-        "extravars": dict(spec.extravars),
         "envvars": _envvars(spec),
-        "cmdline": " ".join(cmdline) or None,
+        "cmdline": shlex.join(cmdline),
         "tags": ",".join(spec.tags) or None,
         "skip_tags": ",".join(spec.skip_tags) or None,
         "limit": spec.limit,
@@ -162,6 +167,46 @@ def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
         # would keep cacheable facts, secrets included, on disk.
         kwargs["fact_cache_type"] = "memory"
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+class _Unsafe(str):
+    """A string ansible must treat as data: dumped as ``!unsafe``."""
+
+
+class _VarsDumper(yaml.SafeDumper):
+    pass
+
+
+_VarsDumper.add_representer(
+    _Unsafe, lambda dumper, data: dumper.represent_scalar("!unsafe", str(data)))
+
+
+def _as_data(value: Any) -> Any:
+    """``value`` with every string in it (keys included) marked unsafe."""
+    if isinstance(value, str):
+        return _Unsafe(value)
+    if isinstance(value, Mapping):
+        return {_as_data(k) if isinstance(k, str) else k: _as_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_data(v) for v in value]
+    return value
+
+
+def write_vars_file(spec: RunSpec) -> Path:
+    """The extra vars as a 0600 YAML file for ``-e @file``; data vars tagged ``!unsafe``.
+
+    ansible-runner's own ``extravars`` cannot say "unsafe", and ansible
+    templates extra vars wherever a play uses them: a tag value holding
+    ``{{ lookup('pipe', ...) }}`` would run as root. The file holds launch
+    parameters only (secret values reach ansible through the vars plugin).
+    """
+    doc = {name: _as_data(value) if name in spec.data_vars else value
+           for name, value in spec.extravars.items()}
+    path = spec.private_dir / "env" / "pullboot-extravars.yml"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    text = yaml.dump(doc, Dumper=_VarsDumper, sort_keys=False, allow_unicode=True)
+    write_atomic(path, text.encode("utf-8"), mode=0o600)
+    return path
 
 
 def _settings(spec: RunSpec) -> dict[str, Any]:
@@ -279,10 +324,7 @@ def scrub_command_artifact(artifact_dir: Path) -> bool:
         return False
     if isinstance(data, dict) and "env" in data:
         data["env"] = "(removed by pullboot: the environment is not kept on disk)"
-        tmp = path.with_name(".command.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_json_atomic(path, data)
     return True
 
 

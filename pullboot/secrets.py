@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from pullboot.atomic import write_atomic
 from pullboot.bounded import load_json
 from pullboot.errors import PullbootError, SecretError
 from pullboot.events import Redactor
@@ -305,9 +306,8 @@ def _vault_launcher(private_dir: Path) -> Path:
     """An executable that prints the vault password; the file itself holds no secret."""
     path = private_dir / "bin" / "pullboot-vault-password"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(f"#!{sys.executable}\nfrom pullboot.secrets import vault_password_main\n"
-                    "raise SystemExit(vault_password_main())\n", encoding="utf-8")
-    path.chmod(0o700)
+    write_atomic(path, f"#!{sys.executable}\nfrom pullboot.secrets import vault_password_main\n"
+                 "raise SystemExit(vault_password_main())\n".encode(), mode=0o700)
     return path
 
 

@@ -9,11 +9,12 @@ and ``events.jsonl.gz``. The Hive-style ``key=value`` path parts make ``date``,
 
 Write-ahead spool: a run's results are first written under
 ``<state_dir>/spool/<run_id>/`` and removed only once shipped. Each run ships
-its own results first, then whatever earlier runs left in the spool, all in a
-background thread joined for at most ``results.timeout`` seconds: shipping never
-delays a boot longer than that, and what did not make it stays spooled for the
-next run. The destination is stored with each spooled entry, so a later run
-ships it even if ``results.s3`` has changed since.
+its own results and, at the same time, whatever earlier runs left in the spool
+(oldest first), in two background threads joined for at most ``results.timeout``
+seconds: shipping never delays a boot longer than that, a slow upload of this
+run's results does not starve the backlog (nor the reverse), and what did not
+make it stays spooled for the next run. The destination is stored with each
+spooled entry, so a later run ships it even if ``results.s3`` has changed since.
 
 Sinks sit behind :data:`SINKS`, keyed by URL scheme (``s3`` for now).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import re
 import shutil
 import string
@@ -35,8 +37,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
+from pullboot.atomic import fsync_dir, read_json, remove, write_atomic, write_json_atomic
 from pullboot.errors import ConfigError, PullbootError
-from pullboot.state import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +174,19 @@ class Spool:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
         line = json.dumps(report, default=str, separators=(",", ":"), ensure_ascii=False)
-        (tmp / REPORT_NAME).write_text(line + "\n", encoding="utf-8")
-        with gzip.open(tmp / EVENTS_NAME, "wb") as out:
+        write_atomic(tmp / REPORT_NAME, (line + "\n").encode("utf-8"))
+        with (tmp / EVENTS_NAME).open("wb") as raw, gzip.open(raw, "wb") as out:
             if events_file is not None and events_file.is_file():
                 with events_file.open("rb") as src:
                     shutil.copyfileobj(src, out)
+            out.close()
+            raw.flush()
+            os.fsync(raw.fileno())  # on disk before the rename publishes the entry
         write_json_atomic(tmp / "meta.json", {"run_id": run_id, "dest": dest, "region": region})
         target = self.root / run_id
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
+        fsync_dir(self.root)
         return SpoolEntry(target, run_id, dest, region)
 
     def pending(self) -> list[SpoolEntry]:
@@ -189,13 +195,16 @@ class Spool:
             return []
         entries = []
         for path in sorted(p for p in self.root.iterdir() if not p.name.startswith(".")):
-            try:
-                meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-                entries.append(SpoolEntry(path, str(meta["run_id"]), str(meta["dest"]),
-                                          meta.get("region")))
-            except (OSError, ValueError, KeyError, TypeError):
-                log.warning("dropping unreadable spool entry %s", path)
-                shutil.rmtree(path, ignore_errors=True)
+            meta = read_json(path / "meta.json", dict, what="spool entry's meta")
+            region = meta.get("region") if meta else None
+            if (meta and isinstance(meta.get("run_id"), str) and isinstance(meta.get("dest"), str)
+                    and isinstance(region, str | None)):
+                entries.append(SpoolEntry(path, meta["run_id"], meta["dest"], region))
+                continue
+            # Not shippable, and never will be: without its destination the
+            # entry cannot go anywhere, so it must not hold a spool slot.
+            log.warning("dropping unshippable spool entry %s (its meta.json is damaged)", path)
+            remove(path)
         return entries
 
     def remove(self, entry: SpoolEntry) -> None:
@@ -265,13 +274,13 @@ def deliver(*, report: Mapping[str, Any], events_file: Path | None, template: st
     entries = spool.pending()
     if not entries:
         return None
-    # This run first: the freshest results matter most if time runs out.
-    entries.sort(key=lambda e: (current is None or e.run_id != current.run_id, e.run_id))
+    mine = [e for e in entries if current is not None and e.run_id == current.run_id]
+    backlog_entries = [e for e in entries if e not in mine]
     done: dict[str, str | None] = {}
     lock = threading.Lock()
 
-    def work() -> None:
-        for entry in entries:
+    def work(batch: list[SpoolEntry]) -> None:
+        for entry in batch:
             try:
                 ship_entry(entry)
                 error = None
@@ -282,11 +291,17 @@ def deliver(*, report: Mapping[str, Any], events_file: Path | None, template: st
                 done[entry.run_id] = error
 
     started = time.monotonic()
-    # A daemon thread: if S3 hangs past the timeout, the process still exits and
-    # the entries stay spooled for the next run.
-    worker = threading.Thread(target=work, name="ship", daemon=True)
-    worker.start()
-    worker.join(timeout)
+    # This run's results and the backlog each get a thread and the whole
+    # budget: a slow upload of one never starves the other. Daemon threads: if
+    # S3 hangs past the timeout the process still exits, and whatever was not
+    # shipped stays spooled for the next run.
+    workers = [threading.Thread(target=work, args=(batch,), name=f"ship-{name}", daemon=True)
+               for name, batch in (("run", mine), ("backlog", backlog_entries)) if batch]
+    for worker in workers:
+        worker.start()
+    deadline = started + timeout
+    for worker in workers:
+        worker.join(max(deadline - time.monotonic(), 0.0))
     with lock:
         outcome = dict(done)
     left = spool.count()

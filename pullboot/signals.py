@@ -17,9 +17,9 @@ CloudFormation and lifecycle signals answer the launch of an instance, so they
 are sent by the first run of each boot only (``once_per_boot``); later runs of
 the same boot (the timer) would only meet "cannot be signaled" errors.
 
-Every ``signals.*`` setting may also come from an instance tag
-``pullboot:signals.<name>``, with the usual precedence (cli > env > user-data >
-tag > config file).
+Every ``signals.*`` setting is resolved like any other (:mod:`pullboot.config`):
+an instance tag ``pullboot:signals.<name>`` may set one only where the trust
+policy allows it (``trust.tags``); signal targets are launch decisions.
 
 Contract: :meth:`Readiness.send` never raises; a failure is a
 :class:`SignalResult` with ``ok=False`` that the caller logs and reports.
@@ -38,8 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Final
 
-from pullboot import config
-from pullboot.config import Resolved, Settings
+from pullboot.config import Settings
 from pullboot.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,6 @@ ASG_TAG: Final = "aws:autoscaling:groupName"
 CFN_STACK_TAG: Final = "aws:cloudformation:stack-name"
 CFN_RESOURCE_TAG: Final = "aws:cloudformation:logical-id"
 NO_ACTIVE_ACTION: Final = "No active Lifecycle Action found"
-_STRONG_ORIGINS: Final = ("cli", "user-data")
 _MAX_TAG_VALUE: Final = 256
 
 
@@ -83,18 +81,6 @@ class PlanContext:
     settings: Settings
     identity: Identity
     _api_tags: dict[str, str] | None = field(default=None, repr=False)
-
-    def setting(self, key: str) -> Resolved:
-        """``key`` resolved with a ``pullboot:<key>`` instance tag in its precedence slot."""
-        resolved = self.settings.resolved[key]
-        if resolved.origin in _STRONG_ORIGINS or resolved.origin.startswith("env:"):
-            return resolved
-        tag = TAG_PREFIX + key
-        if self.identity.tags_from and tag in self.identity.tags:
-            prefix = "imds-tag" if self.identity.tags_from == "imds" else "ec2-api-tag"
-            value = config.coerce(key, self.identity.tags[tag], where=f"tag {tag!r}")
-            return Resolved(value, f"{prefix}:{tag}")
-        return resolved
 
     def instance_tag(self, key: str) -> str | None:
         """An instance tag (``aws:*`` included), from IMDS or else ``ec2:DescribeTags``."""
@@ -221,7 +207,7 @@ class TagSignal(Readiness):
 
     @classmethod
     def plan(cls, ctx: PlanContext) -> Readiness | None:
-        if not ctx.setting("signals.tags").value:
+        if not ctx.settings.get("signals.tags"):
             return None
         if not ctx.identity.instance_id:
             return Unsendable(cls.kind, "no instance id (IMDS disabled or unreadable)")
@@ -255,12 +241,12 @@ class CloudFormationSignal(Readiness):
 
     @classmethod
     def plan(cls, ctx: PlanContext) -> Readiness | None:
-        if not ctx.setting("signals.cloudformation").value:
+        if not ctx.settings.get("signals.cloudformation"):
             return None
         if not ctx.identity.instance_id:
             return Unsendable(cls.kind, "no instance id (IMDS disabled or unreadable)")
-        stack = ctx.setting("signals.cfn_stack").value or ctx.instance_tag(CFN_STACK_TAG)
-        resource = (ctx.setting("signals.cfn_resource").value
+        stack = ctx.settings.get("signals.cfn_stack") or ctx.instance_tag(CFN_STACK_TAG)
+        resource = (ctx.settings.get("signals.cfn_resource")
                     or ctx.instance_tag(CFN_RESOURCE_TAG))
         if not stack or not resource:
             return Unsendable(cls.kind, f"stack or logical id unknown: set signals.cfn_stack "
@@ -302,23 +288,24 @@ class LifecycleSignal(Readiness):
 
     @classmethod
     def plan(cls, ctx: PlanContext) -> Readiness | None:
-        hook = ctx.setting("signals.lifecycle_hook")
-        if not hook.value:
+        hook = ctx.settings.get("signals.lifecycle_hook")
+        if not hook:
             return None
         instance_id = ctx.identity.instance_id
         if not instance_id:
             return Unsendable(cls.kind, "no instance id (IMDS disabled or unreadable)")
-        group = (ctx.setting("signals.lifecycle_group").value or ctx.instance_tag(ASG_TAG)
+        group = (ctx.settings.get("signals.lifecycle_group") or ctx.instance_tag(ASG_TAG)
                  or _group_from_api(instance_id, ctx.identity.region))
         if not group:
             return Unsendable(cls.kind, f"instance {instance_id} is in no Auto Scaling group "
                               f"(no {ASG_TAG} tag; set signals.lifecycle_group)")
-        log.info("signal lifecycle: hook %s (from %s), group %s", hook.value, hook.origin, group)
-        return cls(hook=hook.value, group=group, instance_id=instance_id,
+        log.info("signal lifecycle: hook %s (from %s), group %s", hook,
+                 ctx.settings.origin("signals.lifecycle_hook"), group)
+        return cls(hook=hook, group=group, instance_id=instance_id,
                    region=ctx.identity.region,
-                   on_failure=ctx.setting("signals.on_failure").value,
-                   heartbeat_s=ctx.setting("signals.heartbeat_interval").value,
-                   budget_s=ctx.setting("signals.budget").value)
+                   on_failure=ctx.settings.get("signals.on_failure"),
+                   heartbeat_s=ctx.settings.get("signals.heartbeat_interval"),
+                   budget_s=ctx.settings.get("signals.budget"))
 
     def _ids(self) -> dict[str, str]:
         return {"LifecycleHookName": self.hook, "AutoScalingGroupName": self.group,

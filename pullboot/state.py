@@ -16,7 +16,6 @@ moment leaves either the old or the new release, never half of one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -27,8 +26,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from pullboot.atomic import (
+    fsync_dir,
+    read_bytes,
+    read_json,
+    remove,
+    write_atomic,
+    write_json_atomic,
+)
 from pullboot.errors import StateError
 
 log = logging.getLogger(__name__)
@@ -91,9 +98,12 @@ class StateDir:
         try:
             for path in (self.root, self.runs, self.releases, self.cache, self.runner):
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Through the one writer: it also refuses a dir others could write.
             probe = self.root / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
+            write_atomic(probe, b"")
             probe.unlink()
+        except StateError:
+            raise
         except OSError as exc:
             raise StateError(f"state dir {self.root} is not writable: {exc.strerror}",
                              hint="run as root, or pass --state-dir / PULLBOOT_STATE_DIR "
@@ -107,26 +117,21 @@ class StateDir:
         """
         path = self.runs / run_id
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not (path / "seq").exists():
-            (path / "seq").write_text(f"{self._next_sequence()}\n")
+        if not _read_int(path / "seq", warn=False):
+            write_atomic(path / "seq", f"{self._next_sequence()}\n".encode())
         return path
 
     def sequence_of(self, run_dir: Path) -> int:
-        try:
-            return int((run_dir / "seq").read_text())
-        except (OSError, ValueError):
-            return 0
+        return _read_int(run_dir / "seq", warn=False) or 0
 
     def _next_sequence(self) -> int:
         counter = self.root / "sequence"
-        try:
-            last = int(counter.read_text())
-        except (OSError, ValueError):
+        last = _read_int(counter)
+        if last is None:
+            # Missing or damaged: rebuilt from the runs, so order is never lost.
             last = max((self.sequence_of(p) for p in self.runs.iterdir() if p.is_dir()),
                        default=0)
-        tmp = counter.with_name(f".sequence.{os.getpid()}.tmp")
-        tmp.write_text(f"{last + 1}\n")
-        tmp.replace(counter)
+        write_atomic(counter, f"{last + 1}\n".encode())
         return last + 1
 
     def _runs_newest_first(self) -> list[Path]:
@@ -155,7 +160,7 @@ class StateDir:
                 raise
             # Same revision committed before: keep the existing one.
             shutil.rmtree(staging, ignore_errors=True)
-        _fsync_dir(self.releases)
+        fsync_dir(self.releases)
         return target
 
     def switch_current(self, rid: str) -> None:
@@ -177,39 +182,62 @@ class StateDir:
 
     def clear_success(self) -> None:
         """Forget the change-detection record (after a failed run: retry next time)."""
-        self.last_success_file.unlink(missing_ok=True)
+        remove(self.last_success_file)
 
     def last_success(self) -> dict[str, Any] | None:
-        """What :meth:`record_success` stored last, or None."""
-        try:
-            data = json.loads(self.last_success_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        """What :meth:`record_success` stored last, or None (missing or damaged: warned)."""
+        record = read_json(self.last_success_file, dict, what="last-success record")
+        bad = [k for k in ("digest", "revision", "run_id")
+               if record is not None and not isinstance(record.get(k), str | None)]
+        if bad:
+            log.warning("ignoring the malformed last-success record %s: %s is not a string",
+                        self.last_success_file, bad[0])
             return None
-        return data if isinstance(data, dict) else None
+        return record
 
     def _point(self, link: Path, rid: str) -> None:
         tmp = self.root / f".{link.name}-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
+        remove(tmp)
         tmp.symlink_to(Path("releases") / rid)
-        tmp.replace(link)
-        _fsync_dir(self.root)
+        try:
+            tmp.replace(link)
+        except OSError:
+            if not link.is_dir() or link.is_symlink():
+                raise
+            # A directory where the pointer belongs (damage, or a hand-made copy).
+            log.warning("%s is a directory, not a release pointer: removing it", link)
+            remove(link)
+            tmp.replace(link)
+        fsync_dir(self.root)
         log.debug("%s -> releases/%s", link.name, rid)
 
     def _pointed(self, link: Path) -> str | None:
         try:
             target = os.readlink(link)
-        except OSError:
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("ignoring the release pointer %s: not a symlink (%s)", link,
+                        exc.strerror)
             return None
         rid = Path(target).name
-        return rid if self.release(rid).is_dir() else None
+        if rid in ("", ".", "..") or not self.release(rid).is_dir():
+            log.warning("ignoring the release pointer %s: it names no complete release (%s)",
+                        link, target)
+            return None
+        return rid
 
     def clean_leftovers(self) -> None:
         """Remove staging dirs and temp links left by killed runs."""
         for path in self.releases.glob(".staging-*"):
             shutil.rmtree(path, ignore_errors=True)
-        for pattern in (".current-*", ".last-good-*", ".*.tmp"):
+        for pattern in (".current-*", ".last-good-*", ".*.tmp", "runs/*/.*.tmp"):
             for path in self.root.glob(pattern):
-                path.unlink(missing_ok=True)
+                remove(path)
+        # Spool entries being written or deleted when a run was killed.
+        for pattern in ("spool/.tmp-*", "spool/.del-*"):
+            for path in self.root.glob(pattern):
+                remove(path)
         # Partial downloads of killed runs (the run lock makes them all stale).
         for path in self.cache.glob("*/*.part-*"):
             path.unlink(missing_ok=True)
@@ -231,31 +259,49 @@ class StateDir:
             shutil.rmtree(path, ignore_errors=True)
 
     def reports(self) -> Iterator[dict[str, Any]]:
-        """Reports of past runs, newest first; unreadable ones are skipped."""
+        """Reports of past runs, newest first; damaged ones are skipped with a warning."""
         for path in self._runs_newest_first():
-            try:
-                yield json.loads((path / "report.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
+            report = read_json(path / "report.json", dict, what="run report")
+            problem = None if report is None else _report_problem(report)
+            if problem:
+                log.warning("ignoring the malformed run report %s: %s", path / "report.json",
+                            problem)
+            elif report is not None:
+                yield report
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+# The fields that readers of old reports (status, first-run and clock checks)
+# use, with the JSON types they need; anything else in a report is not read back.
+_REPORT_FIELDS: Final = {"run_id": str, "status": str, "started_at": str, "instance": dict,
+                         "source": dict, "stats": dict, "roles": list,
+                         "duration_s": int | float}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _report_problem(report: dict[str, Any]) -> str | None:
+    """Why a run report cannot be read back, or None when its read-back fields are sound."""
+    for key, kind in _REPORT_FIELDS.items():
+        value = report.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"field {key!r} is a JSON {type(value).__name__}"
+    if not all(isinstance(h, dict) and all(isinstance(n, int) for n in h.values())
+               for h in (report.get("stats") or {}).values()):
+        return "field 'stats' holds something else than per-host counts"
+    if not all(isinstance(r, dict) and isinstance(r.get("name"), str)
+               for r in report.get("roles") or []):
+        return "field 'roles' holds an entry without a name"
+    return None
+
+
+def _read_int(path: Path, *, warn: bool = True) -> int | None:
+    """A counter file's number, or None when missing or damaged (warned unless ``warn`` is off)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        raw = read_bytes(path, limit=64)
+        return None if raw is None else int(raw.decode("ascii"))
+    except (OSError, ValueError) as exc:
+        if warn:
+            log.warning("ignoring the unreadable counter %s: %s", path,
+                        getattr(exc, "strerror", None) or exc)
+        return None
 
 
 def _fsync_tree(root: Path) -> None:
@@ -272,5 +318,5 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
     log.debug("fsync of %s took %.3fs", root, time.monotonic() - started)

@@ -17,7 +17,6 @@ Writing the file must never break a run: a failure is logged once and ignored.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,8 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from pullboot.atomic import check_dir, read_json, write_json_atomic
+from pullboot.errors import PullbootError, UnsafeDirError
 from pullboot.lock import pid_alive
-from pullboot.state import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,16 @@ class StatusFile:
             return
         try:
             self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            write_json_atomic(self.path, self._data)
-            self.path.chmod(0o644)  # status only; no secrets, readable by monitoring
+            # 0644: status only, no secrets, readable by monitoring. The writer
+            # follows no symlink and refuses a directory others can write.
+            write_json_atomic(self.path, self._data, mode=0o644)
         except OSError as exc:
             self._broken = True
+            why = (f"{exc.message}; fix: {exc.hint}" if isinstance(exc, PullbootError)
+                   else exc.strerror or str(exc))
             log.warning("cannot write the status file %s (%s); `pullboot status --wait` "
                         "will not see this run (set status_file / PULLBOOT_STATUS_FILE)",
-                        self.path, exc.strerror or exc)
+                        self.path, why)
 
     def phase(self, phase: str, run_id: str | None = None) -> None:
         self.update(phase=phase, **({"run_id": run_id} if run_id else {}))
@@ -80,13 +83,25 @@ class StatusFile:
         self.update(phase="done", status=status, exit_code=exit_code, report=report)
 
 
-def read(path: Path) -> dict[str, Any] | None:
-    """The status file's content, or None when absent or unreadable."""
+def read(path: Path, *, warn: bool = True) -> dict[str, Any] | None:
+    """The status file's content, or None when absent or unreadable (warned, see read_json).
+
+    A file in a directory others can write is ignored too: :class:`StatusFile`
+    never writes there, so whatever is there was not written by pullboot.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return read_json(path, dict, what="status file", warn=warn)  # it says why
+    try:
+        check_dir(dfd, path.parent)
+    except UnsafeDirError as exc:
+        if warn:
+            log.warning("ignoring the status file %s: %s", path, exc.message)
         return None
-    return data if isinstance(data, dict) else None
+    finally:
+        os.close(dfd)
+    return read_json(path, dict, what="status file", warn=warn)
 
 
 @dataclass(frozen=True)
@@ -109,8 +124,10 @@ def wait(path: Path, *, timeout: float = 0.0, poll: float = POLL_SECONDS,
     started = time.monotonic()
     boot_id = current_boot_id()
     told = False
+    first = True
     while True:
-        data = read(path)
+        data = read(path, warn=first)  # a damaged file is named once, not at every poll
+        first = False
         reason = _waiting_reason(data, boot_id)
         if reason is None:
             assert data is not None

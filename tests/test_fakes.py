@@ -21,6 +21,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    ReadTimeoutError,
     ResponseStreamingError,
 )
 from botocore.utils import IMDSRegionProvider
@@ -393,3 +394,14 @@ def test_proxy_throttle_paces_the_body(s3_proxy: FaultProxy) -> None:
     data = boto3.client("s3").get_object(Bucket="boot", Key="big")["Body"].read()
     assert len(data) == 256 * 1024
     assert time.monotonic() - started >= 0.25  # the last slice leaves at 256 KiB / rate
+
+
+def test_proxy_stall_holds_only_its_prefix_and_ends_with_the_proxy(s3_proxy: FaultProxy) -> None:
+    s3_proxy.stall("/boot/slow/", 60)
+    s3 = boto3.client("s3", config=Config(read_timeout=1, retries={"max_attempts": 1}))
+    s3.put_object(Bucket="boot", Key="fast/x", Body=b"x")  # another prefix: not held
+    with pytest.raises(ReadTimeoutError):
+        s3.put_object(Bucket="boot", Key="slow/x", Body=b"x")
+    started = time.monotonic()
+    s3_proxy.stop()  # ends the held request's wait instead of leaving it for 60 s
+    assert time.monotonic() - started < 30

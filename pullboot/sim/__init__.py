@@ -19,15 +19,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from pullboot.errors import PullbootError
-
 # slirp4netns with allow_host_loopback: the container's view of the host's 127.0.0.1.
 HOST_FROM_INSTANCE: Final = "10.0.2.2"
 NETWORK: Final = "slirp4netns:allow_host_loopback=true"
 SIM_EXTRA_HINT: Final = "pip install 'pullboot[sim]'"
 
 
-class SimError(PullbootError):
-    """The simulator cannot do what was asked (podman, image build, instance, servers)."""
-
-    stage = "sim"

@@ -41,7 +41,8 @@ from typing import Final
 
 import yaml
 
-from pullboot.sim import NETWORK, SimError
+from pullboot.errors import SimError
+from pullboot.sim import NETWORK
 from pullboot.sim.instance import wait_booted
 from pullboot.sim.podman import Podman
 

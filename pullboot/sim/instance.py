@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pullboot.sim import NETWORK, SimError
+from pullboot.errors import SimError
+from pullboot.sim import NETWORK
 from pullboot.sim.podman import Podman
 
 CONTAINER_PREFIX: Final = "pullboot-sim-"

@@ -12,30 +12,17 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from pullboot.sim import SimError
+from pullboot.errors import PodmanError, SimError
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT: Final = ("install podman (Debian: apt-get install -y podman runc debootstrap "
                        "slirp4netns uidmap)")
-_STDERR_TAIL: Final = 2000
-
-
-class PodmanError(SimError):
-    """A podman command failed; carries the command, exit code and stderr."""
-
-    def __init__(self, args: Sequence[str], returncode: int, stderr: str) -> None:
-        tail = stderr.strip()[-_STDERR_TAIL:]
-        super().__init__(f"`podman {' '.join(args)}` failed (exit {returncode}): {tail}",
-                         hint="see podman's message above")
-        self.args_ = tuple(args)
-        self.returncode = returncode
-        self.stderr = stderr
 
 
 @dataclass(frozen=True)

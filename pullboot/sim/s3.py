@@ -33,7 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from pullboot.sim import SIM_EXTRA_HINT, SimError
+from pullboot.errors import SimError
+from pullboot.sim import SIM_EXTRA_HINT
 from pullboot.sim._server import LOOPBACK
 
 DUMMY_ACCESS_KEY: Final = "testing"

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pullboot.sim import SimError
+from pullboot.atomic import write_json_atomic
+from pullboot.errors import SimError
 from pullboot.sim.imds import FakeIMDS
 from pullboot.sim.s3 import MotoServer, publish
 from pullboot.sim.spec import INSTANCE_IP, ROLE_TAG, InstanceSpec
@@ -53,7 +54,7 @@ class Endpoints:
     bundles: tuple[str, ...] = ()
 
     def save(self, directory: Path) -> None:
-        (directory / DAEMON_FILE).write_text(json.dumps(asdict(self)), encoding="utf-8")
+        write_json_atomic(directory / DAEMON_FILE, asdict(self))
 
     @classmethod
     def load(cls, directory: Path) -> Endpoints | None:

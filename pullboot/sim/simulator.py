@@ -16,7 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from pullboot.sim import SimError, instance, servers
+from pullboot.atomic import write_json_atomic
+from pullboot.errors import SimError
+from pullboot.sim import instance, servers
 from pullboot.sim.image import ImageResult, ensure_image, find_checkout
 from pullboot.sim.instance import BOOT_UNIT, CONVERGE_UNIT, PageCheck, UnitRun
 from pullboot.sim.podman import Podman
@@ -245,7 +247,7 @@ def _load_spec(directory: Path, name: str) -> InstanceSpec:
 def _save_instance(directory: Path, *, container: str, image: str,
                    ports: Mapping[int, int]) -> None:
     data = {"container": container, "image": image, "ports": {str(k): v for k, v in ports.items()}}
-    (directory / _INSTANCE_FILE).write_text(json.dumps(data), encoding="utf-8")
+    write_json_atomic(directory / _INSTANCE_FILE, data)
 
 
 def _load_instance(directory: Path) -> dict[str, str]:

@@ -20,7 +20,6 @@ is served verbatim.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
+from pullboot.atomic import write_json_atomic
 from pullboot.errors import ConfigError
 from pullboot.sim import HOST_FROM_INSTANCE
 from pullboot.sim.s3 import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
@@ -134,11 +134,8 @@ class InstanceSpec:
     # -- persistence -------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / _SPEC_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the writer refuses 0775
+        write_json_atomic(directory / _SPEC_FILE, asdict(self))
 
     @classmethod
     def load(cls, directory: Path) -> InstanceSpec:

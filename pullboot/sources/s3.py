@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pullboot.atomic import write_json_atomic
 from pullboot.errors import AuthError, ConfigError, IntegrityError, SourceError
 from pullboot.errors import TransientSourceError as Transient
 from pullboot.sources.base import Source, register
@@ -324,6 +325,4 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(meta), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, meta)

@@ -210,9 +210,12 @@ def test_boot_from_an_s3_bundle_on_moto(sim: Sim, tmp_path: Path) -> None:
 def test_failing_role_reports_failure_and_abandons_the_launch(sim: Sim, tmp_path: Path) -> None:
     repo = tmp_path / "boot"
     commit_tree(repo, HELLO_TREE)
+    # The hook is a launch decision: user-data may name it, a tag may not (trust policy).
+    user_data = tmp_path / "user-data.yaml"
+    user_data.write_text(f"#cloud-config\npullboot:\n  source: git+file://{repo}\n"
+                         "  signals: {lifecycle_hook: launching}\n")
     with FakeAwsQuery() as autoscaling:
-        booted = sim("boot", "--role", "broken", "--source", f"git+file://{repo}",
-                     "--tag", "pullboot:signals.lifecycle_hook=launching",
+        booted = sim("boot", "--role", "broken", "--user-data", str(user_data),
                      "--tag", "aws:autoscaling:groupName=web-asg",
                      "--env", f"{AUTO_SCALING_ENDPOINT_ENV}={autoscaling.url}", expect=1)
         calls = autoscaling.calls_for("CompleteLifecycleAction")

@@ -22,7 +22,9 @@ Faults are queued in the order they are armed and each request consumes one:
   Content-Length) but only the first k body bytes, then close.
 
 Persistent: ``throttle(bytes_per_second)`` paces every response body (None = full speed), to
-make a download last long enough to kill its process midway. ``down()``/``up()`` as in FakeIMDS.
+make a download last long enough to kill its process midway. ``stall(prefix, seconds)`` holds
+every request whose path starts with ``prefix`` that long before relaying it (stopping the
+proxy ends the wait). ``down()``/``up()`` as in FakeIMDS.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class FaultProxy(LoopbackService):
         self._lock = threading.Lock()
         self._faults: collections.deque[_Fault] = collections.deque()
         self._rate: float | None = None
+        self._stalls: dict[str, float] = {}
         self._requests: list[ProxyRequest] = []
         self._applied: list[tuple[ProxyRequest, FaultKind]] = []
         self._server = SwitchableServer(
@@ -119,11 +122,24 @@ class FaultProxy(LoopbackService):
         with self._lock:
             self._rate = bytes_per_second
 
+    def stall(self, path_prefix: str, seconds: float | None) -> None:
+        """Hold requests whose path starts with ``path_prefix`` for ``seconds`` (None: stop)."""
+        with self._lock:
+            if seconds is None:
+                self._stalls.pop(path_prefix, None)
+            else:
+                self._stalls[path_prefix] = seconds
+
     def clear_faults(self) -> None:
-        """Drop queued faults and the throttle."""
+        """Drop queued faults, stalls and the throttle."""
         with self._lock:
             self._faults.clear()
+            self._stalls.clear()
             self._rate = None
+
+    def _stall_for(self, path: str) -> float:
+        with self._lock:
+            return max((s for p, s in self._stalls.items() if path.startswith(p)), default=0.0)
 
     @property
     def pending_faults(self) -> int:
@@ -190,6 +206,10 @@ class _ProxyHandler(FakeHTTPHandler):
     def _proxy(self) -> None:
         body = self.read_body()
         fault, rate = self.proxy._take(ProxyRequest(self.command, self.path))
+        stall = self.proxy._stall_for(self.path)
+        if stall and self.server.pause(self.request, stall):
+            self.close_connection = True
+            return
         if fault is not None and fault.kind == "error":
             self.send_plain(fault.status, s3_error_xml(fault.code, fault.message),
                             content_type="application/xml")

@@ -86,3 +86,32 @@ def test_imds_that_never_answers(make_imds: Any, make_repo: Any, tmp_path: Path)
     assert res.rc == 3
     assert "did not answer" in res.report["error"]["message"]
     assert "AWS_EC2_METADATA_DISABLED" in res.report["error"]["hint"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "huge"])
+def test_config_file_that_is_not_a_small_regular_file(kind: str, tmp_path: Path,
+                                                      make_repo: Any) -> None:
+    # A FIFO would block the read forever, /dev/zero never ends: both are refused up front.
+    path = tmp_path / "cfg"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path = Path("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text("# padding\n" * 200_000)
+    res = run_cli("run", "--role", "web", "--source", make_repo(web_tree()).url,
+                  "--config", str(path), timeout=60)
+    assert res.rc == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert any(why in res.stderr for why in ("is not a regular file", "is larger than",
+                                             "Is a directory"))
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999"])
+def test_non_finite_splay_is_a_usage_error(value: str, make_repo: Any) -> None:
+    res = run_cli("run", "--role", "web", "--source", make_repo(web_tree()).url,
+                  "--splay", value, timeout=60)
+    assert res.rc == 2, res.stderr
+    assert "expected a finite number" in res.stderr and "Traceback" not in res.stderr

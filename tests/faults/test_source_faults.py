@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -125,3 +127,84 @@ def test_huge_history_is_fetched_shallow(make_repo: Any, state_dir: Path,
 
 def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# -- dir sources holding what cannot be hashed or copied (issue 12) --------------------------
+
+
+def _dir_source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    for rel, content in web_tree().items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(content)
+    return src
+
+
+def _make_special(path: Path, kind: str) -> Any:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        return sock
+    else:
+        try:
+            os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # as /dev/zero
+        except PermissionError:
+            pytest.skip("mknod needs CAP_MKNOD")
+    return None
+
+
+@pytest.mark.parametrize(("kind", "shown"), [
+    ("fifo", "named pipe (FIFO)"), ("socket", "socket"), ("device", "device file")])
+def test_dir_source_with_a_special_file_is_refused(tmp_path: Path, out_dir: Path, kind: str,
+                                                   shown: str) -> None:
+    # A FIFO blocked the hash forever (and SIGTERM with it); /dev/zero never ends.
+    src = _dir_source(tmp_path)
+    (src / "playbooks" / "files").mkdir()
+    keep = _make_special(src / "playbooks" / "files" / "thing", kind)
+    try:
+        res = run_cli("run", "--source", str(src), "--role", "web", "-e",
+                      f"out_dir={out_dir}", "--json", timeout=60)
+    finally:
+        if keep is not None:
+            keep.close()
+    assert res.rc == 4, res.stderr
+    error = res.report["error"]
+    assert error["type"] == "SourceError"
+    assert f"holds a {shown} at 'playbooks/files/thing'" in error["message"]
+    assert "remove it" in error["hint"]
+    assert "Traceback" not in res.stderr
+    assert not (out_dir / "web.txt").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "dir", "link-target"])
+def test_dir_source_with_a_non_utf8_name_is_refused(tmp_path: Path, out_dir: Path,
+                                                    where: str) -> None:
+    src = _dir_source(tmp_path)
+    bad = os.fsdecode(b"caf\xe9")
+    if where == "file":
+        (src / "playbooks" / f"{bad}.yml").write_text("x\n")
+    elif where == "dir":
+        (src / bad).mkdir()
+    else:
+        (src / "link").symlink_to(bad)
+    res = run_cli("run", "--source", str(src), "--role", "web", "-e", f"out_dir={out_dir}",
+                  "--json", timeout=60)
+    assert res.rc == 4, res.stderr
+    assert "is not UTF-8" in res.report["error"]["message"]
+    assert "caf\\xe9" in res.report["error"]["message"]
+    assert "Traceback" not in res.stderr
+
+
+def test_dir_source_with_links_and_skipped_specials_runs(tmp_path: Path, out_dir: Path) -> None:
+    # Links (also to a dir) are copied as links; a FIFO under .git is never looked at.
+    src = _dir_source(tmp_path)
+    (src / "site.yml").symlink_to("playbooks/web.yml")
+    (src / "plays").symlink_to("playbooks")
+    (src / ".git").mkdir()
+    os.mkfifo(src / ".git" / "fifo")
+    res = run_cli("run", "--source", str(src), "--role", "web", "-e", f"out_dir={out_dir}",
+                  "--json", timeout=120)
+    assert res.rc == 0, res.stderr
+    assert (out_dir / "web.txt").exists()

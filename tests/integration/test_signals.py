@@ -127,12 +127,14 @@ def test_long_run_sends_heartbeats_before_completing(aws: Any, aws_query: Any, i
 def test_no_active_lifecycle_action_is_retried_within_the_window(
         aws: Any, aws_query: Any, make_imds: Any, make_repo: Any, tmp_path: Path,
         out_dir: Path) -> None:
-    # The hook comes from an instance tag this time, and the group from the API.
+    # The hook comes from an instance tag this time (the config's trust policy allows
+    # that tag), and the group from the API.
     instance_id = _instance(aws)
     make_imds(instance_id=instance_id, tags={"pullboot:role": "web",
                                              "aws:autoscaling:groupName": GROUP,
                                              "pullboot:signals.lifecycle_hook": "tag-hook"})
-    (tmp_path / "pullboot.yml").write_text("signals: {budget: 10}\n")
+    (tmp_path / "pullboot.yml").write_text(
+        "signals: {budget: 10}\ntrust: {tags: [signals.lifecycle_hook]}\n")
     aws_query.fail_next("CompleteLifecycleAction", 2)  # "No active Lifecycle Action found"
     repo = make_repo(web_tree())
     res = run_cli("run", "--source", repo.url, "-e", f"out_dir={out_dir}", "--json")
@@ -211,3 +213,20 @@ def test_no_valid_role_still_abandons(aws: Any, aws_query: Any, make_imds: Any,
     [signal] = aws_query.calls_for("SignalResource")
     assert signal["params"]["Status"] == "FAILURE"
     assert _tags(aws, instance_id)["pullboot:status"] == "error"
+
+
+def test_a_strict_signal_failure_is_retried_by_only_if_changed(
+        aws: Any, aws_query: Any, instance: str, make_repo: Any, tmp_path: Path,
+        out_dir: Path) -> None:
+    # One place decides the outcome: success is recorded only after the signals, so a run
+    # that ends `error` because a strict signal failed is run again, not skipped as unchanged.
+    _config(tmp_path, budget=1, strict=True, cloudformation=False, tags=False)
+    aws_query.fail_next("CompleteLifecycleAction", 100)
+    repo = make_repo(web_tree())
+    args = ("run", "--source", repo.url, "-e", f"out_dir={out_dir}", "--only-if-changed",
+            "--json")
+    first = run_cli(*args)
+    assert (first.rc, first.report["status"]) == (1, "error"), first.stderr
+    second = run_cli(*args)
+    assert second.report["status"] != "unchanged", second.stderr
+    assert second.report["stats"], "the play must have run again"

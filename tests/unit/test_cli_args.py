@@ -180,3 +180,30 @@ def test_did_you_mean_hint_names_a_command_that_exists(capsys: pytest.CaptureFix
         main([command, "--help"])
     capsys.readouterr()
     assert exited.value.code == 0
+
+
+def test_exit_code_tables_come_from_errors_py() -> None:
+    from pathlib import Path
+
+    from pullboot.errors import EXIT_MEANINGS, PullbootError, exit_code_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for code, meaning, _classes in exit_code_table():
+        assert f"  {code:<3} {meaning}\n" in EXIT_CODES
+        assert f"| {code} | {meaning} |" in readme, f"README's exit-code row for {code}"
+    # Every error class pullboot raises carries one of the documented codes, and lives in
+    # errors.py (the one hierarchy).
+    import importlib
+    import pkgutil
+
+    import pullboot
+
+    for mod in pkgutil.walk_packages(pullboot.__path__, "pullboot."):
+        if not mod.name.endswith("__main__"):
+            importlib.import_module(mod.name)  # every module: no error class can hide
+    stack = [PullbootError]
+    while stack:
+        cls = stack.pop()
+        assert cls.exit_code in EXIT_MEANINGS, cls
+        assert cls.__module__ == "pullboot.errors", f"{cls.__name__} is in {cls.__module__}"
+        stack.extend(cls.__subclasses__())

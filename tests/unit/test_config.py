@@ -146,7 +146,8 @@ LAYERS = (
     Layer("env", {"source": "env-src"}, {"source": "env:PULLBOOT_SOURCE"}),
     Layer("user-data", {"source": "ud-src"}),
     Layer("imds-tag", {"source": "tag-src"}, {"source": "imds-tag:pullboot:source"}),
-    Layer("config", {"source": "cfg-src"}),
+    # The trust policy lets tags set source only because the config file says so.
+    Layer("config", {"source": "cfg-src", "trust.tags": ["source"]}),
 )
 
 

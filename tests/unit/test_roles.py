@@ -143,7 +143,8 @@ def test_tag_layer(case: str) -> None:
 def test_tag_origins_survive_resolution() -> None:
     spec = TAG_CASES["imds_all_kinds"]
     layer = tag_layer(_identity(spec["tags"], "imds"), role_tag="pullboot:role")
-    settings = resolve([Layer("cli", {}), layer, Layer("config", {"ref": "main"})])
+    allow = {"trust.tags": ["ref", "source"]}  # the policy must allow these tags
+    settings = resolve([Layer("cli", {}), layer, Layer("config", {"ref": "main", **allow})])
     assert settings.origin("roles") == "imds-tag:pullboot:role"
     assert settings.origin("ref") == "imds-tag:pullboot:ref"
     assert settings.vars["env"].origin == "imds-tag:pullboot:var:env"
@@ -196,7 +197,8 @@ def test_user_data_beats_tags_and_config_end_to_end() -> None:
                      role_tag="pullboot:role")
     settings = resolve([Layer("cli", {}), Layer("env", {}),
                         user_data_layer(parse_user_data(raw)), tags,
-                        Layer("config", {"roles": ["base"], "ref": "main"})])
+                        Layer("config", {"roles": ["base"], "ref": "main",
+                                         "trust.tags": ["ref"]})])
     assert resolve_roles(settings, looked=[]) == (RoleChoice("web", "user-data"),)
     assert (settings.get("ref"), settings.origin("ref")) == ("v9", "ec2-api-tag:pullboot:ref")
     assert settings.vars["env"].origin == "user-data"

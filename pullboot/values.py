@@ -1,0 +1,116 @@
+"""Values are data: checks that keep a setting's value from acting as an option or a path.
+
+A value from any origin may end up on a command line (git, ansible-playbook)
+or in a file name. Each check here refuses the shapes that would make it
+anything but data there: a leading ``-`` (an option), control characters and
+whitespace (argument or header splitting), ``..`` and ``/`` (a path outside
+the tree), git's ``<transport>::`` remote-helper syntax (a command). They run
+in :func:`pullboot.config.coerce`, so every origin and every consumer gets the
+same answer, before anything is fetched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import urlsplit
+
+MAX_REF: Final = 255
+MAX_URL: Final = 2048
+MAX_WORD: Final = 1024
+# What may follow ``git+`` (or stand alone for git): the transports git itself
+# speaks. Anything else (ext::, fd::, a helper named in the URL) is refused.
+GIT_SCHEMES: Final = frozenset({"https", "http", "ssh", "git", "file"})
+_CONTROL_RE: Final = re.compile(r"[\x00-\x20\x7f]")
+_SCP_RE: Final = re.compile(r"^[\w.-]+@[\w.-]+:(?!/)[^\s]*$")
+_HOST_LABEL_RE: Final = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_git_ref(ref: str) -> str:
+    """Return ``ref`` if git would take it as a ref name or a commit sha, else ValueError.
+
+    The rules of ``git check-ref-format --allow-onelevel`` (a unit test checks
+    them against git itself), and never a leading ``-``.
+    """
+    why = _ref_problem(ref)
+    if why:
+        raise ValueError(f"{ref[:80]!r} is not a git branch, tag or commit sha: {why}")
+    return ref
+
+
+def _ref_problem(ref: str) -> str | None:
+    checks: tuple[tuple[bool, str], ...] = (
+        (not ref, "it is empty"),
+        (len(ref) > MAX_REF, f"it is longer than {MAX_REF} characters"),
+        (ref.startswith("-"), "it starts with '-' (git would read it as an option)"),
+        (bool(_CONTROL_RE.search(ref)), "it holds a space or a control character"),
+        (any(c in ref for c in "~^:?*[\\"), "it holds one of ~ ^ : ? * [ \\"),
+        (".." in ref or "@{" in ref or ref == "@", "it holds '..' or '@{', or is '@'"),
+        (ref.startswith("/") or ref.endswith(("/", ".")) or "//" in ref,
+         "it starts or ends with '/', ends with '.', or holds '//'"),
+        (any(p.startswith(".") or p.endswith(".lock") for p in ref.split("/")),
+         "a part starts with '.' or ends with '.lock'"),
+    )
+    return next((why for bad, why in checks if bad), None)
+
+
+def check_source_url(url: str) -> str:
+    """Return ``url`` if it can only name a source, else ValueError naming the problem."""
+    if not url or len(url) > MAX_URL:
+        raise ValueError(f"a source URL must hold 1 to {MAX_URL} characters")
+    if url.startswith("-"):
+        raise ValueError(f"{url[:80]!r} starts with '-' (a program would read it as an "
+                         "option)")
+    if _CONTROL_RE.search(url):
+        raise ValueError("the source URL holds a space or a control character")
+    bare = url[4:] if url.startswith("git+") else url
+    head = bare.split("/", 1)[0]
+    if "::" in head:
+        raise ValueError(f"{url[:80]!r} uses git's '<transport>::' remote-helper syntax, "
+                         "which runs a program")
+    scheme = urlsplit(bare).scheme.lower()
+    if url.startswith("git+") and scheme not in GIT_SCHEMES and not _SCP_RE.match(bare):
+        raise ValueError(f"git+{scheme}:// is not a git transport pullboot allows "
+                         f"({', '.join(sorted(GIT_SCHEMES))})")
+    return url
+
+
+def check_word(value: str) -> str:
+    """An argument value (a host pattern, a tag name): never an option, never split."""
+    if len(value) > MAX_WORD:
+        raise ValueError(f"longer than {MAX_WORD} characters")
+    if value.startswith("-"):
+        raise ValueError(f"{value[:80]!r} starts with '-' (ansible would read it as an "
+                         "option)")
+    if _CONTROL_RE.sub("", value.replace(" ", "")) != value.replace(" ", ""):
+        raise ValueError(f"{value[:80]!r} holds a control character")
+    return value
+
+
+def check_words(values: list[str]) -> list[str]:
+    """:func:`check_word` for each item of a list setting."""
+    return [check_word(v) for v in values]
+
+
+def safe_host_stem(name: str) -> str | None:
+    """``name`` if it is a DNS host name (labels of letters, digits, '-'), else None.
+
+    Used for the ``<fqdn>.yml`` / ``<hostname>.yml`` fallback playbooks: an
+    IMDS host name that is not a host name (``../../x/pb``) must never become a
+    path, so such a name is simply not a candidate.
+    """
+    if not name or len(name) > 253:
+        return None
+    labels = name.split(".")
+    return name if all(_HOST_LABEL_RE.fullmatch(label) for label in labels) else None
+
+
+# setting key -> the check its (coerced, non-None) value must pass
+VALIDATORS: Final[dict[str, Callable[..., object]]] = {
+    "ref": check_git_ref,
+    "source": check_source_url,
+    "run.limit": check_word,
+    "run.tags": check_words,
+    "run.skip_tags": check_words,
+}
