@@ -97,3 +97,7 @@ class StateError(PullbootError, OSError):
     """The state dir cannot be created or written."""
 
     stage = "state"
+
+
+class ImdsUnavailable(IdentityError):
+    """IMDS did not answer within the wait budget, or refused us for good."""
