@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pullboot.identity import read_identity
 from pullboot.errors import ImdsUnavailable
+from pullboot.identity import read_identity
 from pullboot.imds import ImdsClient, ImdsOptions
 
 

@@ -41,9 +41,9 @@ def test_a_bad_token_is_a_clear_identity_error(token: bytes) -> None:
 
 
 def test_an_oversized_answer_is_refused() -> None:
-    with HostileIMDS(oversize=b"x" * (MAX_ANSWER_BYTES + 10)) as imds:
-        with pytest.raises(ImdsUnavailable, match="larger than"):
-            _client(imds.url).get("/latest/user-data")
+    with (HostileIMDS(oversize=b"x" * (MAX_ANSWER_BYTES + 10)) as imds,
+          pytest.raises(ImdsUnavailable, match="larger than")):
+        _client(imds.url).get("/latest/user-data")
 
 
 def test_a_dripping_imds_is_bounded_per_request_and_in_total() -> None:
