@@ -359,7 +359,8 @@ class LifecycleSignal(Readiness):
         from pullboot import aws
 
         result = "CONTINUE" if outcome.ok else self.on_failure
-        asg = aws.client("autoscaling", region=self.region)
+        # Socket timeouts fit the window, so one hung call cannot outlast it.
+        asg = aws.client("autoscaling", region=self.region, within=self.budget_s)
         what = f"{result} for hook {self.hook} of group {self.group}"
         deadline = Deadline.after(self.budget_s, cancel=cancel)
         attempts = 0
