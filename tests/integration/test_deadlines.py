@@ -168,3 +168,14 @@ def test_a_killed_fetch_really_leaves_no_wedge(
     result = run_cli("run", "--source", repo.url, "--role", "web", "-e", f"out_dir={out_dir}",
                      "--json")
     assert result.rc == 0, result.stderr
+
+
+@pytest.mark.parametrize("unit", ["packaging/systemd/pullboot.service",
+                                  "packaging/systemd/pullboot-converge.service",
+                                  "roles/pullboot_agent/templates/pullboot.service.j2",
+                                  "roles/pullboot_agent/templates/pullboot-converge.service.j2"])
+def test_boot_units_have_a_finite_start_timeout(unit: str) -> None:
+    """Oneshot units wait forever by default; both copies of each unit bound the job."""
+    lines = (REPO / unit).read_text().splitlines()
+    (timeout,) = [line for line in lines if line.startswith("TimeoutStartSec=")]
+    assert timeout == "TimeoutStartSec=1h"
