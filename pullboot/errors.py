@@ -101,3 +101,10 @@ class StateError(PullbootError, OSError):
 
 class ImdsUnavailable(IdentityError):
     """IMDS did not answer within the wait budget, or refused us for good."""
+
+
+class Canceled(PullbootError):
+    """SIGTERM/SIGINT arrived before the play started (during a wait or a fetch)."""
+
+    exit_code = EXIT_CANCELED
+    stage = "run"

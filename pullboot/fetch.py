@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from pullboot import __version__, galaxy, sources
-from pullboot.errors import ConfigError, SourceError, TransientSourceError
-from pullboot.pipeline import Canceled, Resolution
+from pullboot.errors import Canceled, ConfigError, SourceError, TransientSourceError
+from pullboot.pipeline import Resolution
 from pullboot.report import SourceInfo
 from pullboot.retry import Backoff, Cancel, Deadline, retry
 from pullboot.state import release_id

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-from pullboot.errors import IdentityError, ImdsUnavailable
+from pullboot.errors import Canceled, IdentityError, ImdsUnavailable
 from pullboot.retry import Backoff, Cancel, Deadline, retry
 
 if TYPE_CHECKING:
@@ -159,9 +159,10 @@ class ImdsClient:
                            backoff=Backoff(self._opt.backoff_base, self._opt.backoff_cap),
                            what=f"IMDS {what}")
         except _Retry as exc:
-            why = "canceled" if deadline.canceled() else f"within {budget:.0f}s"
+            if deadline.canceled():
+                raise Canceled(f"canceled by a signal while waiting for IMDS ({what})") from None
             raise ImdsUnavailable(
-                f"IMDS at {self._opt.endpoint} did not answer {what} {why} "
+                f"IMDS at {self._opt.endpoint} did not answer {what} within {budget:.0f}s "
                 f"({tries} tries; last: {exc})",
                 hint="check that the instance metadata service is enabled "
                 "(HttpEndpoint=enabled), or set imds.enabled: false / "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pullboot import __version__, config, playbooks, roles
-from pullboot.errors import EXIT_CANCELED, ConfigError, PullbootError, StateError
+from pullboot.errors import Canceled, ConfigError, PullbootError, StateError
 from pullboot.events import EventRecorder
 from pullboot.identity import Identity, local_identity, read_ec2_api_tags, read_identity
 from pullboot.imds import ImdsClient, ImdsOptions, imds_disabled, imds_endpoint
@@ -29,13 +29,6 @@ from pullboot.state import StateDir, new_run_id, write_json_atomic
 from pullboot.userdata import parse_user_data
 
 log = logging.getLogger(__name__)
-
-
-class Canceled(PullbootError):
-    """SIGTERM/SIGINT arrived before the play started."""
-
-    exit_code = EXIT_CANCELED
-    stage = "run"
 
 
 @dataclass(frozen=True)

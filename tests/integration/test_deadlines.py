@@ -179,3 +179,44 @@ def test_boot_units_have_a_finite_start_timeout(unit: str) -> None:
     lines = (REPO / unit).read_text().splitlines()
     (timeout,) = [line for line in lines if line.startswith("TimeoutStartSec=")]
     assert timeout == "TimeoutStartSec=1h"
+
+
+def test_sigterm_ends_the_wait_for_imds_promptly(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """IMDS may be unreachable for all of imds.budget (here 300 s): SIGTERM must not wait."""
+    status = Path(os.environ["PULLBOOT_STATUS_FILE"])
+    _config(tmp_path, imds={"budget": 300})
+    with HostileIMDS(start_down=True) as imds:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
+        proc = subprocess.Popen([sys.executable, "-m", "pullboot", "run", "--source",
+                                 str(tmp_path), "--role", "web", "--json"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for_phase(status, "resolve", proc)
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert took < 10, f"SIGTERM took {took:.1f}s to end the IMDS wait"
+    assert proc.returncode == 5, err
+    assert json.loads(out)["status"] == "canceled"
+    assert "Traceback" not in err
+
+
+def _wait_for_phase(status: Path, phase: str, proc: subprocess.Popen[str]) -> None:
+    """Poll the live status file for ``phase`` (a condition with a deadline, not a sleep)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "pullboot ended early"
+        try:
+            if json.loads(status.read_text()).get("phase") == phase:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"phase {phase!r} never reached")
