@@ -50,7 +50,7 @@ def resolve(ref: str, *, region: str | None, what: str) -> str:
 
 
 def _from_aws(scheme: str, name: str, *, region: str | None, what: str) -> str:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
     from pullboot import aws
 
@@ -68,8 +68,15 @@ def _from_aws(scheme: str, name: str, *, region: str | None, what: str) -> str:
         raise SourceError(f"{what}: {scheme}:{name} could not be read ({code})",
                           hint=f"allow {action} in the instance role, and check the "
                           "name") from None
-    except BotoCoreError as exc:
-        raise SourceError(f"{what}: {scheme}:{name} could not be read ({exc})",
+    except aws.CALL_ERRORS as exc:
+        raise SourceError(f"{what}: {scheme}:{name} could not be read "
+                          f"({aws.describe_failure(exc)})",
                           hint="check the network path to the AWS API") from None
+    except (KeyError, TypeError, AttributeError):
+        # botocore's JSON parser turns a non-JSON 200 into {"message": ...}.
+        raise SourceError(f"{what}: {scheme}:{name} could not be read (the endpoint's "
+                          "answer is not a valid AWS response)",
+                          hint="check the network path to the AWS API and "
+                          "AWS_ENDPOINT_URL(_SSM/_SECRETSMANAGER)") from None
     log.debug("%s read from %s:%s", what, scheme, name)
     return value

@@ -112,7 +112,7 @@ FETCHERS: Final[dict[str, Callable[[SecretRef, Callable[[str], Any]], str]]] = {
 
 def fetch(refs: Mapping[str, SecretRef], *, region: str | None) -> dict[str, str]:
     """Fetch every reference (name -> value) with the instance role; SecretError on failure."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError, NoCredentialsError
 
     from pullboot import aws
 
@@ -136,9 +136,14 @@ def fetch(refs: Mapping[str, SecretRef], *, region: str | None) -> dict[str, str
                               hint="check the name, the region and that the instance role "
                               "may read it (ssm:GetParameter + kms:Decrypt, or "
                               "secretsmanager:GetSecretValue)") from None
-        except BotoCoreError as exc:
-            raise SecretError(f"cannot read {ref} (for {name}): {exc}",
+        except aws.CALL_ERRORS as exc:
+            raise SecretError(f"cannot read {ref} (for {name}): {aws.describe_failure(exc)}",
                               hint="check the network path to the AWS API") from None
+        except (KeyError, TypeError, AttributeError):
+            # botocore's JSON parser turns a non-JSON 200 into {"message": ...}.
+            raise SecretError(f"cannot read {ref} (for {name}): the endpoint's answer is not "
+                              "a valid AWS response", hint="check the network path to the AWS "
+                              "API and AWS_ENDPOINT_URL(_SSM/_SECRETSMANAGER)") from None
     return values
 
 
