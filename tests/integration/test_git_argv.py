@@ -20,8 +20,27 @@ def test_a_ref_that_looks_like_an_option_runs_nothing(make_repo: Any, tmp_path: 
     ref = f"--upload-pack=touch {marker}; git-upload-pack"
     result = run_cli("run", "--source", repo.url, "--ref", ref, "--role", "web", "--json")
     assert not marker.exists(), "the ref was read as a git option"
-    assert result.rc == 4, result.stderr
+    # The settings check refuses it first (pullboot.values); the git layer below is tested
+    # on its own in test_the_git_layer_keeps_an_option_like_ref_apart.
+    assert result.rc == 2, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_git_layer_keeps_an_option_like_ref_apart(make_repo: Any, tmp_path: Path) -> None:
+    # Defence in depth: even a ref that slipped past the settings check never reaches git as
+    # an option (--end-of-options), so the source fails as "ref not found" and runs nothing.
+    from pullboot.errors import SourceError
+    from pullboot.sources import SourceSpec, create
+
+    repo = make_repo(web_tree())
+    marker = tmp_path / "pwned"
+    ref = f"--upload-pack=touch {marker}; git-upload-pack"
+    src = create(SourceSpec(url=repo.url, ref=ref), tmp_path / "cache")
+    with pytest.raises(SourceError):
+        src.fetch()
+    with pytest.raises(SourceError):
+        src.remote_revision()
+    assert not marker.exists(), "the ref was read as a git option"
 
 
 def test_plan_with_an_option_like_ref_runs_nothing(make_repo: Any, tmp_path: Path) -> None:
