@@ -129,12 +129,16 @@ class StateError(PullbootError, OSError):
     stage = "state"
 
 
+class ImdsUnavailable(IdentityError):
+    """IMDS did not answer within the wait budget, or refused us for good."""
+
+
 class UnsafeDirError(StateError):
     """A directory pullboot writes into can be changed by others (owner or mode)."""
 
 
 class Canceled(PullbootError):
-    """SIGTERM/SIGINT arrived before the play started."""
+    """SIGTERM/SIGINT arrived before the play started (during a wait or a fetch)."""
 
     exit_code = EXIT_CANCELED
     stage = "run"

@@ -1,7 +1,11 @@
 """Fetch step: from a source URL to a complete release dir and the ``current`` switch.
 
 * Transient failures (network, DNS, 5xx, timeouts) are retried with
-  exponential backoff and jitter within ``fetch.retry_budget``; then, with
+  exponential backoff and jitter (:func:`pullboot.retry.retry`); the whole
+  fetch, every attempt and wait included, ends within ``fetch.retry_budget``
+  (at least :data:`MIN_FETCH_S`): a server that accepts and never answers
+  costs that long, not forever. SIGTERM ends it at once (exit 5, no
+  fallback: a canceled run runs nothing). Then, with
   ``on_source_failure: last-good``, the release of the last successful run is
   used and marked stale. Integrity and auth failures are never retried and
   never fall back silently: they fail the run (exit 4).
@@ -16,21 +20,24 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
-import time
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from pullboot import __version__, galaxy, sources
-from pullboot.errors import ConfigError, SourceError, TransientSourceError
+from pullboot.errors import Canceled, ConfigError, SourceError, TransientSourceError
 from pullboot.model import Release, Resolution, SourceInfo
+from pullboot.retry import Backoff, Cancel, Deadline, retry
 from pullboot.state import release_id
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 10.0
+BACKOFF = Backoff(base=0.5, cap=10.0)
+# A fetch always gets this long, even with fetch.retry_budget 0 (no retries).
+MIN_FETCH_S = 5.0
+# ``--only-if-changed`` asks cheaply; it must not hold the boot for long.
+REVISION_CHECK_CAP_S = 10.0
 
 
 def make_source(res: Resolution) -> sources.Source:
@@ -52,27 +59,31 @@ def make_source(res: Resolution) -> sources.Source:
     return sources.create(spec, res.state.cache)
 
 
-def with_retries(what: str, attempt: Callable[[], str], *, budget: float,
-                 cancel: Callable[[], bool] = lambda: False,
-                 sleep: Callable[[float], None] = time.sleep) -> str:
-    """Call ``attempt`` until it succeeds, retrying TransientSourceError within ``budget`` s."""
-    deadline = time.monotonic() + budget
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            return attempt()
-        except TransientSourceError as exc:
-            left = deadline - time.monotonic()
-            if left <= 0 or cancel():
-                raise
-            delay = min(left, random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** tries)))
-            log.warning("%s failed (%s); retry %d in %.1fs", what, exc.message, tries, delay)
-            sleep(delay)
+def fetch_deadline(budget: float, cancel: Cancel = None) -> Deadline:
+    """The deadline of one whole fetch: ``fetch.retry_budget`` seconds (>= MIN_FETCH_S)."""
+    return Deadline.after(max(budget, MIN_FETCH_S), cancel=cancel)
+
+
+def with_retries(what: str, src: sources.Source, attempt: Callable[[], str], *,
+                 deadline: Deadline) -> str:
+    """``attempt()`` (an operation of ``src``) retried on TransientSourceError until ``deadline``.
+
+    ``src.deadline`` is set for the attempt to bound its own I/O. A cancel
+    (SIGTERM) becomes :class:`Canceled`, which is never a reason to fall back.
+    """
+    src.deadline = deadline
+    try:
+        return retry(lambda _n: attempt(), deadline=deadline, backoff=BACKOFF, what=what,
+                     retryable=lambda e: isinstance(e, TransientSourceError),
+                     level=logging.WARNING)
+    except TransientSourceError:
+        if deadline.canceled():
+            raise Canceled(f"canceled by a signal during the {what}") from None
+        raise
 
 
 def fetch_release(res: Resolution, *, switch: bool = True,
-                  cancel: Callable[[], bool] = lambda: False) -> Release:
+                  cancel: threading.Event | None = None) -> Release:
     """Fetch the source, commit it as a release, and (if ``switch``) point ``current`` at it.
 
     Falls back to the last good release on a transient failure when allowed.
@@ -81,8 +92,9 @@ def fetch_release(res: Resolution, *, switch: bool = True,
     src = make_source(res)
     state.clean_leftovers()
     try:
-        revision = with_retries(f"fetch of {src.display_url}", src.fetch,
-                                budget=res.settings.get("fetch.retry_budget"), cancel=cancel)
+        deadline = fetch_deadline(res.settings.get("fetch.retry_budget"), cancel)
+        revision = with_retries(f"fetch of {src.display_url}", src, src.fetch,
+                                deadline=deadline)
     except TransientSourceError as exc:
         return _last_good_or_raise(res, src, exc)
     rid = release_id(src.kind, revision)
@@ -150,5 +162,6 @@ def change_digest(res: Resolution, revision: str | None) -> str:
 
 def remote_revision(res: Resolution, src: sources.Source) -> str:
     """``src``'s current revision by the cheapest means (ls-remote, HEAD); no download."""
-    return with_retries(f"revision check of {src.display_url}", src.remote_revision,
-                        budget=min(res.settings.get("fetch.retry_budget"), 10.0))
+    budget = min(res.settings.get("fetch.retry_budget"), REVISION_CHECK_CAP_S)
+    return with_retries(f"revision check of {src.display_url}", src, src.remote_revision,
+                        deadline=fetch_deadline(budget))

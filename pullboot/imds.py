@@ -6,9 +6,21 @@ treat 404 as a failure and never refresh an expired token. This client:
 * gets a session token (PUT with a TTL), reuses it, and refreshes it on 401;
 * answers ``None`` for 404 (absent is a normal answer, e.g. no user-data);
 * retries connection errors, timeouts and 5xx with exponential backoff and
-  full jitter, inside a total wait budget, because instances often start
-  before the link-local route is up;
+  full jitter (:func:`pullboot.retry.retry`), inside a total wait budget,
+  because instances often start before the link-local route is up;
 * uses IMDSv1 only when explicitly allowed.
+
+IMDS is a local, link-local service and its answers are untrusted input:
+
+* one plain ``http.client`` connection to the configured endpoint per
+  request, no proxy, and **no redirects** (a 30x is an error), so the token
+  is only ever sent to that endpoint;
+* every request, headers and body included, ends within ``timeout`` seconds
+  wall-clock (a watchdog shuts the socket: a server dripping one byte a
+  second cannot stretch it), and every call within its budget;
+* an answer larger than :data:`MAX_ANSWER_BYTES` is refused, and the token
+  must be printable ASCII of at most :data:`MAX_TOKEN_LEN` characters (no
+  CR/LF that could inject headers).
 
 The endpoint honours ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` and
 ``AWS_EC2_METADATA_DISABLED`` like the AWS SDKs do. Tokens are never logged.
@@ -16,19 +28,23 @@ The endpoint honours ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` and
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import os
-import random
+import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
-from pullboot.errors import IdentityError
+from pullboot.errors import Canceled, IdentityError, ImdsUnavailable
+from pullboot.retry import Backoff, Cancel, Deadline, retry
 
 if TYPE_CHECKING:
-    import urllib.request
+    import http.client
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +55,12 @@ TOKEN_HEADER: Final = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 # Once IMDS has answered, later calls get a short budget of their own: the
 # long boot budget is for waiting for the network, not for a flaky answer.
 AFTER_FIRST_CONTACT_BUDGET: Final = 10.0
-
-
-class ImdsUnavailable(IdentityError):
-    """IMDS did not answer within the wait budget, or refused us for good."""
+# EC2 caps user-data at 16 KiB raw and a tag value at 256 chars; the identity
+# document is ~500 bytes. 1 MiB leaves room for any real answer.
+MAX_ANSWER_BYTES: Final = 1 << 20
+# Real tokens are ~56 base64 characters.
+MAX_TOKEN_LEN: Final = 1024
+_TOKEN_RE: Final = re.compile(r"^[\x21-\x7e]+$")
 
 
 def imds_disabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -75,22 +93,40 @@ class _Retry(Exception):
 
 
 class ImdsClient:
-    """IMDSv2 client. Construction does no I/O; the first ``get`` fetches a token."""
+    """IMDSv2 client. Construction does no I/O; the first ``get`` fetches a token.
+
+    All calls share ``budget``, counted from the first: once IMDS has answered,
+    one call may retry for at most :data:`AFTER_FIRST_CONTACT_BUDGET` of it,
+    and once it is spent a call makes one attempt (``timeout``) and no more.
+
+    ``cancel`` (the run's SIGTERM flag) ends the retry waits at once; a
+    request in flight ends within ``timeout``.
+    """
 
     def __init__(
         self,
         options: ImdsOptions,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cancel: Cancel = None,
     ) -> None:
         self._opt = options
         self._sleep = sleep
         self._clock = clock
+        self._cancel = cancel
         self._token: str | None = None
         self._token_expires = 0.0
         self._v1 = False
         self._contacted = False
+        # Every call of this client shares one budget, started by the first call.
+        self._overall: Deadline | None = None
+        parts = urlsplit(options.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+            raise IdentityError(f"IMDS endpoint {options.endpoint!r} is not http://HOST[:PORT]",
+                                hint="set AWS_EC2_METADATA_SERVICE_ENDPOINT to a base URL "
+                                "such as http://169.254.169.254")
+        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
 
     def get(self, path: str) -> bytes | None:
         """GET ``path`` (e.g. ``/latest/user-data``); ``None`` if IMDS says 404."""
@@ -104,31 +140,36 @@ class ImdsClient:
     # -- internals -----------------------------------------------------------
 
     def _with_retries(self, attempt: Callable[[], bytes | None], what: str) -> bytes | None:
+        if self._overall is None:
+            self._overall = Deadline.after(self._opt.budget, cancel=self._cancel,
+                                           clock=self._clock, sleep=self._sleep)
+        deadline = self._overall
+        if self._contacted:
+            deadline = deadline.within(AFTER_FIRST_CONTACT_BUDGET)
         budget = AFTER_FIRST_CONTACT_BUDGET if self._contacted else self._opt.budget
-        deadline = self._clock() + budget
         tries = 0
-        while True:
-            tries += 1
-            try:
-                result = attempt()
-            except _Retry as exc:
-                delay = random.uniform(0, min(self._opt.backoff_cap,
-                                              self._opt.backoff_base * 2 ** tries))
-                left = deadline - self._clock()
-                if left <= 0:
-                    raise ImdsUnavailable(
-                        f"IMDS at {self._opt.endpoint} did not answer {what} within "
-                        f"{budget:.0f}s ({tries} tries; last: {exc})",
-                        hint="check that the instance metadata service is enabled "
-                        "(HttpEndpoint=enabled), or set imds.enabled: false / "
-                        "AWS_EC2_METADATA_DISABLED=true when not on EC2",
-                    ) from None
-                log.debug("IMDS %s: %s; retry %d in %.2fs", what, exc, tries, delay)
-                self._sleep(min(delay, left))
-                continue
-            self._contacted = True
-            return result
 
+        def once(n: int) -> bytes | None:
+            nonlocal tries
+            tries = n
+            return attempt()
+
+        try:
+            result = retry(once, retryable=lambda e: isinstance(e, _Retry), deadline=deadline,
+                           backoff=Backoff(self._opt.backoff_base, self._opt.backoff_cap),
+                           what=f"IMDS {what}")
+        except _Retry as exc:
+            if deadline.canceled():
+                raise Canceled(f"canceled by a signal while waiting for IMDS ({what})") from None
+            raise ImdsUnavailable(
+                f"IMDS at {self._opt.endpoint} did not answer {what} within {budget:.0f}s "
+                f"({tries} tries; last: {exc})",
+                hint="check that the instance metadata service is enabled "
+                "(HttpEndpoint=enabled), or set imds.enabled: false / "
+                "AWS_EC2_METADATA_DISABLED=true when not on EC2",
+            ) from None
+        self._contacted = True
+        return result
     def _get_once(self, path: str) -> bytes | None:
         headers = {}
         token = self._current_token()
@@ -159,7 +200,7 @@ class ImdsClient:
         ttl = self._opt.token_ttl
         status, body = self._request("PUT", TOKEN_PATH, {TTL_HEADER: str(ttl)})
         if status == 200:
-            self._token = body.decode("ascii", "replace").strip()
+            self._token = _check_token(body)
             # Renew a little early so a token never expires between check and use.
             self._token_expires = self._clock() + max(1.0, ttl * 0.9)
             return self._token
@@ -179,27 +220,72 @@ class ImdsClient:
         )
 
     def _request(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        # urllib.request pulls in http.client and email (~15 ms): only on EC2.
-        import urllib.error
-        import urllib.request
-        from http.client import HTTPException
+        """One request on a fresh connection, bounded wall-clock by ``timeout``.
 
-        url = self._opt.endpoint + path
-        req = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310
+        http.client follows no redirects and uses no proxy; the body is read
+        up to :data:`MAX_ANSWER_BYTES` + 1 so an oversized answer is caught.
+        """
+        import http.client  # pulls in email (~15 ms): only on EC2
+
+        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=self._opt.timeout)
+        watchdog = _Watchdog(conn, self._opt.timeout)
         try:
-            with _opener().open(req, timeout=self._opt.timeout) as resp:
-                return int(resp.status), resp.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return int(exc.code), exc.read()
-        except (urllib.error.URLError, OSError, HTTPException) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise _Retry(str(reason) or type(exc).__name__) from None
+            conn.request(method, path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read(MAX_ANSWER_BYTES + 1)
+            status = int(resp.status)
+        except (OSError, http.client.HTTPException) as exc:
+            if watchdog.fired:
+                raise _Retry(f"no complete answer within {self._opt.timeout:g}s") from None
+            raise _Retry(str(exc) or type(exc).__name__) from None
+        finally:
+            watchdog.cancel()
+            conn.close()
+        if watchdog.fired:
+            raise _Retry(f"no complete answer within {self._opt.timeout:g}s")
+        if 300 <= status < 400:
+            raise ImdsUnavailable(
+                f"IMDS answered {method} {path} with a redirect (HTTP {status}); "
+                "redirects are never followed",
+                hint="IMDS is link-local and never redirects: check "
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT and what answers on it")
+        if len(body) > MAX_ANSWER_BYTES:
+            raise ImdsUnavailable(
+                f"IMDS answer for {path} is larger than {MAX_ANSWER_BYTES} bytes",
+                hint="no IMDS document is that large: check what answers on the IMDS endpoint")
+        return status, body
 
 
-@functools.cache
-def _opener() -> urllib.request.OpenerDirector:
-    """IMDS must never go through an HTTP proxy from the environment."""
-    import urllib.request
+class _Watchdog:
+    """Shuts ``conn``'s socket after ``seconds``, so no read can outlive the request's bound."""
 
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self.fired = False
+        self._conn = conn
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _check_token(raw: bytes) -> str:
+    """The token as sent back in a header: printable ASCII, bounded; IdentityError else."""
+    token = raw.strip()
+    if not token or len(token) > MAX_TOKEN_LEN or not _TOKEN_RE.match(
+            token.decode("latin-1")):
+        raise IdentityError(
+            f"IMDS returned an invalid session token ({len(token)} bytes; a token is "
+            f"1-{MAX_TOKEN_LEN} printable ASCII characters, no spaces or line breaks)",
+            hint="check what answers on the IMDS endpoint "
+            "(AWS_EC2_METADATA_SERVICE_ENDPOINT); the token was not used")
+    return token.decode("ascii")

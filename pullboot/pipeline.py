@@ -9,6 +9,7 @@ runs nothing.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ def resolve(req: Request) -> Resolution:
     cli, env, cfg = base_layers(req)
     base = config.resolve([cli, env, cfg])
     state = StateDir(Path(base.get("state_dir")))
-    identity = _identity(base, req.environ)
+    identity = _identity(base, req.environ, req.cancel)
     section = parse_user_data(identity.user_data)
     settings = config.resolve([cli, env, roles.user_data_layer(section),
                                roles.tag_layer(identity, role_tag=base.get("role_tag"),
@@ -107,7 +108,7 @@ def run(req: Request) -> RunResult:
                 return _finish(ctx, req, status=RunStatus.UNCHANGED, exit_code=0)
         _check_cancel(req)
         _phase(req, "fetch", run_id)
-        release = fetch.fetch_release(res, cancel=req.cancel.is_set)
+        release = fetch.fetch_release(res, cancel=req.cancel)
         ctx.source = release.info
         _check_cancel(req)
         books = _select(res, release.tree)
@@ -390,7 +391,8 @@ def _extravars(ctx: _RunContext, res: Resolution) -> tuple[dict[str, Any], froze
     return out, frozenset({*data, "pullboot"})
 
 
-def _identity(base: config.Settings, environ: Mapping[str, str] | None) -> Identity:
+def _identity(base: config.Settings, environ: Mapping[str, str] | None,
+              cancel: threading.Event) -> Identity:
     if not base.get("imds.enabled") or imds_disabled(environ):
         log.info("IMDS disabled (%s); local identity only",
                  "AWS_EC2_METADATA_DISABLED" if imds_disabled(environ)
@@ -398,7 +400,7 @@ def _identity(base: config.Settings, environ: Mapping[str, str] | None) -> Ident
         return local_identity()
     client = ImdsClient(ImdsOptions(
         endpoint=imds_endpoint(environ), timeout=base.get("imds.timeout"),
-        budget=base.get("imds.budget"), allow_v1=base.get("imds.allow_v1")))
+        budget=base.get("imds.budget"), allow_v1=base.get("imds.allow_v1")), cancel=cancel)
     identity = read_identity(client, read_tags=base.get("imds.tags"))
     log.info("instance %s in %s (%s)", identity.instance_id, identity.region,
              identity.instance_type)

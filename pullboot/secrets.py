@@ -170,7 +170,7 @@ def fetch(refs: Mapping[str, SecretRef], *, region: str | None) -> dict[str, str
 
     The one fetch path for secrets; values are never logged.
     """
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError, NoCredentialsError
 
     from pullboot import aws
 
@@ -194,9 +194,14 @@ def fetch(refs: Mapping[str, SecretRef], *, region: str | None) -> dict[str, str
                               hint="check the name, the region and that the instance role "
                               "may read it (ssm:GetParameter + kms:Decrypt, or "
                               "secretsmanager:GetSecretValue)") from None
-        except BotoCoreError as exc:
-            raise SecretError(f"cannot read {ref} (for {name}): {exc}",
+        except aws.CALL_ERRORS as exc:
+            raise SecretError(f"cannot read {ref} (for {name}): {aws.describe_failure(exc)}",
                               hint="check the network path to the AWS API") from None
+        except (KeyError, TypeError, AttributeError):
+            # botocore's JSON parser turns a non-JSON 200 into {"message": ...}.
+            raise SecretError(f"cannot read {ref} (for {name}): the endpoint's answer is not "
+                              "a valid AWS response", hint="check the network path to the AWS "
+                              "API and AWS_ENDPOINT_URL(_SSM/_SECRETSMANAGER)") from None
         log.debug("%s read from %s", name, ref)
     return values
 

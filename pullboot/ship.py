@@ -85,7 +85,7 @@ class S3Sink(Sink):
     scheme = "s3"
 
     def put(self, name: str, body: bytes, *, content_type: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import ClientError
 
         from pullboot import aws
 
@@ -98,8 +98,8 @@ class S3Sink(Sink):
             err = exc.response.get("Error", {})
             raise ShipError(f"s3://{parts.netloc}/{key}: {err.get('Code', '?')}: "
                             f"{err.get('Message', exc)}") from None
-        except BotoCoreError as exc:
-            raise ShipError(f"s3://{parts.netloc}/{key}: {exc}") from None
+        except aws.CALL_ERRORS as exc:
+            raise ShipError(f"s3://{parts.netloc}/{key}: {aws.describe_failure(exc)}") from None
 
 
 def sink_for(url: str, *, region: str | None) -> Sink:

@@ -25,14 +25,15 @@ Contract: :meth:`Readiness.send` never raises; a failure is a
 :class:`SignalResult` with ``ok=False`` that the caller logs and reports.
 Throttling, 5xx and connection errors are retried by botocore (standard
 mode, see :mod:`pullboot.aws`); the only retry added here is the window for
-"No active Lifecycle Action found", which botocore does not retry.
+"No active Lifecycle Action found", which botocore does not retry: the
+shared :func:`pullboot.retry.retry` within ``signals.budget``, ended at once
+by SIGTERM.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,7 @@ from typing import Any, ClassVar, Final
 
 from pullboot.config import Settings
 from pullboot.identity import Identity
+from pullboot.retry import Backoff, Deadline, retry
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ CFN_STACK_TAG: Final = "aws:cloudformation:stack-name"
 CFN_RESOURCE_TAG: Final = "aws:cloudformation:logical-id"
 NO_ACTIVE_ACTION: Final = "No active Lifecycle Action found"
 _MAX_TAG_VALUE: Final = 256
+_LIFECYCLE_BACKOFF: Final = Backoff(base=0.5, cap=10.0)
 
 
 @dataclass(frozen=True)
@@ -183,15 +186,17 @@ def send_all(planned: list[Readiness], outcome: Outcome,
 
 def _aws_call(call: Callable[[], Any]) -> str | None:
     """Run one AWS call; None on success, else a one-line error ("Code: message")."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
+
+    from pullboot import aws
 
     try:
         call()
     except ClientError as exc:
         err = exc.response.get("Error", {})
         return f"{err.get('Code', '?')}: {err.get('Message', exc)}"
-    except BotoCoreError as exc:
-        return f"{type(exc).__name__}: {exc}"
+    except aws.CALL_ERRORS as exc:
+        return aws.describe_failure(exc)
     return None
 
 
@@ -341,39 +346,53 @@ class LifecycleSignal(Readiness):
         from pullboot import aws
 
         result = "CONTINUE" if outcome.ok else self.on_failure
-        asg = aws.client("autoscaling", region=self.region)
-        deadline = time.monotonic() + self.budget_s
+        # Socket timeouts fit the window, so one hung call cannot outlast it.
+        asg = aws.client("autoscaling", region=self.region, within=self.budget_s)
+        what = f"{result} for hook {self.hook} of group {self.group}"
+        deadline = Deadline.after(self.budget_s, cancel=cancel)
         attempts = 0
-        while True:
-            attempts += 1
+
+        def attempt(n: int) -> None:
+            nonlocal attempts
+            attempts = n
             error = _aws_call(lambda: asg.complete_lifecycle_action(
                 LifecycleActionResult=result, **self._ids()))
-            if error is None:
-                beats = f" after {self.heartbeats} heartbeat(s)" if self.heartbeats else ""
-                return SignalResult(self.kind, True, f"{result} for hook {self.hook} of group "
-                                    f"{self.group}{beats}", attempts)
+            if error is not None:
+                raise _SignalFailed(error)
+
+        try:
             # The action may not be registered yet this early in the boot (or the
             # hook is not active at all): retry within the window, then give up.
-            if NO_ACTIVE_ACTION not in error or time.monotonic() >= deadline:
-                return SignalResult(self.kind, False, f"{result} for hook {self.hook} of group "
-                                    f"{self.group}: {error}", attempts)
-            delay = min(0.5 * 2 ** (attempts - 1), 10.0, max(deadline - time.monotonic(), 0))
-            log.info("lifecycle: %s; retrying in %.1fs", NO_ACTIVE_ACTION, delay)
-            if cancel.wait(delay):
+            retry(attempt, deadline=deadline, backoff=_LIFECYCLE_BACKOFF, level=logging.INFO,
+                  what=f"lifecycle {what}",
+                  retryable=lambda e: isinstance(e, _SignalFailed) and NO_ACTIVE_ACTION in str(e))
+        except _SignalFailed as exc:
+            if deadline.canceled():
                 return SignalResult(self.kind, False, f"{result}: canceled while waiting for "
                                     "an active lifecycle action", attempts)
+            return SignalResult(self.kind, False, f"{what}: {exc}", attempts)
+        beats = f" after {self.heartbeats} heartbeat(s)" if self.heartbeats else ""
+        return SignalResult(self.kind, True, f"{what}{beats}", attempts)
+
+
+class _SignalFailed(Exception):
+    """One failed AWS call of a signal, as its one-line error."""
 
 
 def _group_from_api(instance_id: str, region: str | None) -> str | None:
     """The instance's Auto Scaling group from ``DescribeAutoScalingInstances``, if any."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
     from pullboot import aws
 
     try:
         found = aws.client("autoscaling", region=region).describe_auto_scaling_instances(
             InstanceIds=[instance_id]).get("AutoScalingInstances", [])
-    except (BotoCoreError, ClientError) as exc:
+    except ClientError as exc:
         log.warning("could not look up the Auto Scaling group of %s: %s", instance_id, exc)
+        return None
+    except aws.CALL_ERRORS as exc:
+        log.warning("could not look up the Auto Scaling group of %s: %s", instance_id,
+                    aws.describe_failure(exc))
         return None
     return str(found[0]["AutoScalingGroupName"]) if found else None

@@ -1,7 +1,9 @@
 """Playbook sources behind one interface, chosen by URL (see :mod:`.base`).
 
-Importing this package registers every kind; the heavy libraries each kind
-needs (GitPython, boto3) are imported only when a source of that kind fetches.
+Importing this package registers every kind; boto3 is imported only when an
+S3 source fetches. Git sources run ``git`` itself in a process group of their
+own (:mod:`.git`): GitPython cannot bound a command by the run's deadline and
+cancel event, nor kill its children, so it is not on the fetch path.
 """
 
 from pullboot.sources import dirsource, git, s3

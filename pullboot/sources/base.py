@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pullboot.errors import ConfigError
+from pullboot.retry import Deadline, unbounded
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Source(ABC):
     def __init__(self, spec: SourceSpec, cache_dir: Path) -> None:
         self.spec = spec
         self.cache_dir = cache_dir
+        # Bounds the I/O of fetch/remote_revision (set by the caller, see fetch.py);
+        # a source raises TransientSourceError when it passes or is canceled.
+        self.deadline: Deadline = unbounded()
 
     @property
     def display_url(self) -> str:

@@ -9,6 +9,23 @@ Credentials never touch the URL, the repo's config, logs or the report: an
 HTTPS token travels as an ``http.extraHeader`` set through ``GIT_CONFIG_*``
 environment variables of the git process only, and an SSH deploy key lives
 in a 0600 temp file for the duration of one git command.
+
+Values are data, never options: every git command puts ``--end-of-options``
+(or ``--``) before the URL, ref or sha it is given, so a ref such as
+``--upload-pack=...`` is a bad refspec, not an option; only the https, http,
+ssh, git and file transports are allowed (never ``ext::``).
+
+Deadlines: git runs in its own process group under the fetch's deadline
+(:attr:`Source.deadline`, from ``fetch.retry_budget``); when it passes or the
+run is canceled (SIGTERM) the whole group is killed. HTTP transfers slower
+than 1000 B/s for 30 s (or the budget, if shorter) are abandoned by git
+itself (``http.lowSpeedLimit``/``lowSpeedTime``); ssh has keep-alives.
+
+Stale locks: a SIGKILLed git leaves ``*.lock`` files (``shallow.lock``,
+``index.lock``, ...) that make every later git command fail. The cache repo
+is pullboot's own, used only under the state dir's run lock and only by the
+git children this module waits for, so a lock found there before a command
+is stale by construction and is removed.
 """
 
 from __future__ import annotations
@@ -20,12 +37,14 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pullboot import secrets
 from pullboot.errors import (
@@ -35,6 +54,7 @@ from pullboot.errors import (
     SourceError,
     TransientSourceError,
 )
+from pullboot.retry import Deadline
 from pullboot.sources.base import Source, register
 
 log = logging.getLogger(__name__)
@@ -54,6 +74,13 @@ _AUTH = ("authentication failed", "permission denied", "returned error: 401",
          "returned error: 403", "host key verification failed", "could not read username")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _SSH_KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-")
+# Local commands (verify, gpg import) get this long at most, deadline or not.
+_LOCAL_TIMEOUT_S: Final = 60.0
+# How often a waiting git child is checked against the deadline and SIGTERM.
+_POLL_S: Final = 0.2
+_LOW_SPEED_LIMIT: Final = 1000
+_LOW_SPEED_TIME_S: Final = 30
+_ALLOWED_PROTOCOLS: Final = ("https", "http", "ssh", "git", "file")
 
 
 def git_url(url: str) -> str:
@@ -76,21 +103,21 @@ class GitSource(Source):
         return self.spec.options.get(f"git.{name}")
 
     def fetch(self) -> str:
-        import git  # GitPython: ~0.35 s to import, so only for git sources
-
         ref = self.spec.ref or "HEAD"
-        repo = self._open_or_init(git)
+        self._open_or_init()
         depth = [] if self.opt("full") else ["--depth", "1"]
         with self._auth_env() as env:
-            try:
-                repo.git.fetch("--no-tags", "--force", *depth, "origin", ref, env=env)
-                sha = str(repo.git.rev_parse("FETCH_HEAD^{commit}"))
-                repo.git.reset("--hard", sha)
-                repo.git.clean("-ffdx")
-                if self.opt("submodules"):
-                    repo.git.submodule("update", "--init", "--recursive", *depth, env=env)
-            except git.GitCommandError as exc:
-                raise _classify(exc.stderr, str(exc), self.display_url, ref) from None
+            self._git(["fetch", "--no-tags", "--force", *depth, "--end-of-options",
+                       "origin", ref], env, ref)
+            sha = self._git(["rev-parse", "--verify", "--end-of-options",
+                             "FETCH_HEAD^{commit}"], env, ref).strip()
+            if not _SHA_RE.match(sha):
+                raise SourceError(f"git {self.display_url}: {ref!r} is not a commit ({sha[:50]})",
+                                  hint="use an existing branch, tag or full commit sha")
+            self._git(["reset", "-q", "--hard", sha, "--"], env, ref)
+            self._git(["clean", "-q", "-ffdx"], env, ref)
+            if self.opt("submodules"):
+                self._git(["submodule", "update", "--init", "--recursive", *depth], env, ref)
         if self.opt("verify_commit"):
             self._verify(sha)
         log.info("git %s at %s is %s", self.display_url, ref, sha[:12])
@@ -101,14 +128,14 @@ class GitSource(Source):
                         ignore=shutil.ignore_patterns(".git"))
 
     def remote_revision(self) -> str:
-        """``git ls-remote`` (a plain subprocess: no GitPython import on the fast path)."""
+        """``git ls-remote`` (no clone, no download)."""
         ref = self.spec.ref or "HEAD"
         if _SHA_RE.match(ref):
             return ref
         with self._auth_env() as env:
-            proc = subprocess.run(["git", "ls-remote", git_url(self.spec.url), ref],
-                                  capture_output=True, text=True, env={**os.environ, **env},
-                                  timeout=60, check=False)
+            proc = _run_bounded(["git", "ls-remote", "--end-of-options", git_url(self.spec.url),
+                                 ref], env=env, deadline=self.deadline,
+                                what=f"git ls-remote {self.display_url}")
         if proc.returncode != 0:
             raise _classify(proc.stderr, proc.stderr, self.display_url, ref)
         refs: dict[str, str] = {}
@@ -123,36 +150,54 @@ class GitSource(Source):
 
     # -- internals -------------------------------------------------------------
 
-    def _open_or_init(self, git: Any) -> Any:
+    def _git(self, args: list[str], env: dict[str, str], ref: str) -> str:
+        """``git ARGS`` in the cache repo, bounded by the deadline; classified SourceError."""
+        proc = _run_bounded(["git", *args], cwd=self.repo_dir, env=env, deadline=self.deadline,
+                            what=f"git {args[0]} of {self.display_url}")
+        if proc.returncode != 0:
+            raise _classify(proc.stderr, f"git {args[0]} exited {proc.returncode}",
+                            self.display_url, ref)
+        return proc.stdout
+
+    def _open_or_init(self) -> None:
+        """The cache repo, ready for a fetch: stale locks gone, origin set, or made afresh."""
         path = self.repo_dir
+        url = git_url(self.spec.url)
+        base_env = _base_env(self.deadline)
         if (path / ".git").is_dir():
-            try:
-                repo = git.Repo(path)
-                repo.git.remote("set-url", "origin", git_url(self.spec.url))
-                return repo
-            except (git.InvalidGitRepositoryError, git.GitCommandError):
-                log.warning("git cache %s is damaged; recreating it", path)
+            clear_stale_locks(path / ".git")
+            proc = _run_bounded(["git", "remote", "set-url", "--end-of-options", "origin", url],
+                                cwd=path, env=base_env, deadline=self.deadline,
+                                what="git remote set-url")
+            if proc.returncode == 0:
+                return
+            log.warning("git cache %s is damaged (%s); recreating it", path,
+                        proc.stderr.strip()[-200:])
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
-        repo = git.Repo.init(path)
-        repo.git.remote("add", "origin", git_url(self.spec.url))
-        return repo
+        for args in (["init", "-q"], ["remote", "add", "--end-of-options", "origin", url]):
+            proc = _run_bounded(["git", *args], cwd=path, env=base_env, deadline=self.deadline,
+                                what=f"git {args[0]}")
+            if proc.returncode != 0:
+                raise SourceError(f"could not create the git cache {path}: "
+                                  f"{proc.stderr.strip()[-300:]}",
+                                  hint="check the state dir is writable and git is installed")
 
     @contextmanager
     def _auth_env(self) -> Iterator[dict[str, str]]:
         """Environment for one git command: no prompts, strict SSH, credentials if any."""
-        env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false",
-               "GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "30"}
+        extra: list[tuple[str, str]] = []
         region = self.spec.options.get("region")
         token_ref = self.opt("token")
         if token_ref:
             token = secrets.resolve(token_ref, region=region, what="git.token")
             user = self.opt("token_user") or "x-access-token"
             basic = base64.b64encode(f"{user}:{token.strip()}".encode()).decode()
-            env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"})
+            extra.append(("http.extraHeader", f"Authorization: Basic {basic}"))
+        env = _base_env(self.deadline, extra)
         with secrets.private_tempdir("pullboot-git-") as tmp:
-            ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+            ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+                   "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=2"]
             ssh += self._host_key_options()
             key_ref = self.opt("ssh_key")
             if key_ref:
@@ -184,15 +229,16 @@ class GitSource(Source):
                               "to sign")
         with tempfile.TemporaryDirectory(prefix="pullboot-verify-") as home:
             env = {"GNUPGHOME": home, "GIT_CONFIG_NOSYSTEM": "1"}
+            local = Deadline.after(_LOCAL_TIMEOUT_S, cancel=self.deadline.cancel)
             for key_file in self.opt("gpg_keys") or []:
-                _run(["gpg", "--batch", "--quiet", "--import", key_file], env)
+                _run(["gpg", "--batch", "--quiet", "--import", "--", key_file], env, local)
             allowed = Path(home, "allowed_signers")
             allowed.write_text("".join(f'* namespaces="git" {s}\n' for s in signers
                                        if s.startswith(_SSH_KEY_PREFIXES)))
-            proc = subprocess.run(
+            proc = _run_bounded(
                 ["git", "-c", f"gpg.ssh.allowedSignersFile={allowed}", "verify-commit",
-                 "--raw", sha], cwd=self.repo_dir, capture_output=True, text=True,
-                env={**dict(os.environ), **env}, timeout=60, check=False)
+                 "--raw", "--end-of-options", sha], cwd=self.repo_dir,
+                env={**_base_env(local), **env}, deadline=local, what="git verify-commit")
         _check_signature(sha, proc.returncode, proc.stderr, signers)
 
 
@@ -214,12 +260,94 @@ def _check_signature(sha: str, rc: int, output: str, signers: list[str]) -> None
                          hint="add the signer's fingerprint to git.allowed_signers")
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**dict(os.environ), **env},
-                          timeout=60, check=False)
+def _run(cmd: list[str], env: dict[str, str], deadline: Deadline) -> None:
+    proc = _run_bounded(cmd, env=env, deadline=deadline, what=cmd[0])
     if proc.returncode != 0:
         raise ConfigError(f"{cmd[0]} failed: {proc.stderr.strip()[-300:]}",
                           hint="check the key files in git.gpg_keys")
+
+
+def _base_env(deadline: Deadline,
+              extra: list[tuple[str, str]] | None = None) -> dict[str, str]:
+    """Environment for git: no prompts, allowed transports, low-speed limits, ``extra`` config.
+
+    Config goes through ``GIT_CONFIG_COUNT``/``KEY_n``/``VALUE_n``: it reaches
+    this git process only, never a file.
+    """
+    low_time = int(max(1, min(_LOW_SPEED_TIME_S, deadline.left())))
+    pairs = [("protocol.allow", "never"),
+             *((f"protocol.{p}.allow", "always") for p in _ALLOWED_PROTOCOLS),
+             ("http.lowSpeedLimit", str(_LOW_SPEED_LIMIT)), ("http.lowSpeedTime", str(low_time)),
+             *(extra or [])]
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false",
+           "GIT_CONFIG_COUNT": str(len(pairs))}
+    for i, (key, value) in enumerate(pairs):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
+
+
+def _run_bounded(cmd: list[str], *, env: dict[str, str], deadline: Deadline, what: str,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (an argv list, never a shell) in its own process group, within ``deadline``.
+
+    When the deadline passes or the run is canceled, the whole group (git and
+    its ssh or remote helpers) is killed and TransientSourceError raised: an
+    unanswered server is unreachable, worth a retry or the last good release.
+    """
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=min(_POLL_S, max(deadline.left(), 0.01)))
+                return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+            except subprocess.TimeoutExpired:
+                if deadline.done():
+                    break
+    finally:
+        if proc.returncode is None:
+            _kill_group(proc)
+    why = "canceled by a signal" if deadline.canceled() else "did not finish within the " \
+        "fetch deadline (fetch.retry_budget)"
+    raise TransientSourceError(f"{what} {why}; git was stopped",
+                               hint="check that the server answers; raise fetch.retry_budget "
+                               "for a very large repository")
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL ``proc``'s process group and reap it (its pipes are drained)."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):  # a child that left the group keeps a pipe
+        proc.communicate(timeout=5)
+
+
+def clear_stale_locks(git_dir: Path) -> list[Path]:
+    """Remove every ``*.lock`` regular file under ``git_dir``; returns what was removed.
+
+    Only for pullboot's private cache repos, called while pullboot holds the
+    state dir's run lock and no git child of ours runs: any lock there was
+    left by a git that was killed. Symlinks are never followed or removed.
+    """
+    removed: list[Path] = []
+    if not git_dir.is_dir() or git_dir.is_symlink():
+        return removed
+    for root, _dirs, files in os.walk(git_dir, followlinks=False):
+        for name in files:
+            if not name.endswith(".lock"):
+                continue
+            path = Path(root, name)
+            try:
+                if stat.S_ISREG(path.lstat().st_mode):
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+    for path in removed:
+        log.warning("removed stale git lock %s (left by an interrupted git)", path)
+    return removed
 
 
 def _classify(stderr: Any, fallback: str, url: str, ref: str) -> SourceError:

@@ -6,6 +6,10 @@
   ETag. ``s3.version_id`` pins one version.
 * A conditional GET on the cached ETag makes an unchanged bundle cost one
   request and no download (S3 answers 304).
+* Deadlines: every call and the download end within the fetch's deadline
+  (``fetch.retry_budget``, see :mod:`pullboot.fetch`), checked per chunk,
+  and a transfer slower than :data:`MIN_RATE_BPS` over :data:`LOW_SPEED_S`
+  seconds is abandoned (a transient error: retried, then the last good release).
 * Integrity: sha256 from the object's own checksum (``x-amz-checksum-sha256``)
   or a ``<key>.sha256`` sidecar, and optionally a detached Ed25519 signature
   ``<key>.sig`` checked against ``s3.signature_keys``. A bundle is moved into
@@ -21,6 +25,8 @@ import hashlib
 import json
 import logging
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +38,11 @@ from pullboot.sources.base import Source, register
 
 log = logging.getLogger(__name__)
 
+# Like git's http.lowSpeedLimit/lowSpeedTime: below 1000 B/s for 30 s is stalled.
+MIN_RATE_BPS = 1000
+LOW_SPEED_S = 30.0
+_CHUNK = 1 << 20
+_SMALL_OBJECT_MAX = 1 << 16
 _NOT_FOUND = {"NoSuchKey", "404", "NoSuchVersion"}
 _AUTH = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
          "ExpiredToken", "InvalidToken"}
@@ -97,7 +108,9 @@ class S3Source(Source):
     def _client(self) -> Any:
         from pullboot import aws
 
-        return aws.client("s3", region=self.spec.options.get("region"))
+        left = self.deadline.left()
+        return aws.client("s3", region=self.spec.options.get("region"),
+                          within=None if left == float("inf") else left)
 
     def _version_arg(self) -> dict[str, str]:
         pin = self.opt("version_id")
@@ -160,13 +173,15 @@ class S3Source(Source):
         return str(meta["revision"])
 
     def _download(self, resp: Any, partial: Path, url: str) -> hashlib._Hash:
-        from botocore.exceptions import BotoCoreError, FlexibleChecksumError
+        from botocore.exceptions import FlexibleChecksumError
+
+        from pullboot import aws
 
         partial.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         try:
             with partial.open("wb") as out:
-                for chunk in resp["Body"].iter_chunks(1 << 20):
+                for chunk in self._chunks(resp["Body"], url, resp.get("ContentLength")):
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
@@ -178,7 +193,7 @@ class S3Source(Source):
             raise IntegrityError(f"{url}: sha256 mismatch ({exc})",
                                  hint="the bundle was altered or corrupted; re-publish "
                                  "it") from None
-        except (BotoCoreError, OSError) as exc:
+        except (*aws.CALL_ERRORS, OSError) as exc:  # type: ignore[misc]  # a tuple at runtime
             raise Transient(f"{url}: download interrupted ({exc})",
                             hint="the network dropped mid-download; it will be retried") from None
         return digest
@@ -238,12 +253,67 @@ class S3Source(Source):
     def _small_object(self, s3: Any, bucket: str, key: str) -> bytes | None:
         resp = self._call(f"s3://{bucket}/{key}", lambda: s3.get_object(Bucket=bucket, Key=key),
                           missing_ok=True)
-        return None if resp is None else bytes(resp["Body"].read(1 << 16))
+        if resp is None:
+            return None
+        data = bytearray()
+        try:
+            for chunk in self._chunks(resp["Body"], f"s3://{bucket}/{key}"):
+                data += chunk
+                if len(data) > _SMALL_OBJECT_MAX:
+                    break
+        except OSError as exc:
+            raise Transient(f"s3://{bucket}/{key}: download interrupted ({exc})",
+                            hint="the network dropped mid-download; it will be retried") from None
+        finally:
+            resp["Body"].close()
+        return bytes(data[:_SMALL_OBJECT_MAX])
+
+    def _chunks(self, body: Any, url: str, expected: int | None = None) -> Iterator[bytes]:
+        """``body``'s bytes as they arrive, within the deadline and above the minimum rate.
+
+        ``read1`` returns what the socket has (up to a chunk) instead of
+        waiting for a full chunk, so a dripping server cannot keep one read
+        going past the deadline; each read is bounded by the read timeout.
+        A body shorter than ``expected`` (Content-Length) is an interrupted
+        download, as botocore's own reader would say.
+        """
+        raw = getattr(body, "_raw_stream", None)
+        read = raw.read1 if raw is not None and hasattr(raw, "read1") else body.read
+        window_start, window_bytes, total = time.monotonic(), 0, 0
+        while True:
+            if self.deadline.done():
+                why = "canceled" if self.deadline.canceled() else "not complete within the " \
+                    "fetch deadline (fetch.retry_budget)"
+                raise Transient(f"{url}: download {why}",
+                                hint="check the network path to S3, or raise "
+                                "fetch.retry_budget for a large bundle")
+            chunk = read(_CHUNK)
+            if not chunk:
+                if expected is not None and total != expected:
+                    raise Transient(f"{url}: download interrupted (got {total} of {expected} "
+                                    "bytes)", hint="the network dropped mid-download; it will "
+                                    "be retried")
+                return
+            yield bytes(chunk)
+            total += len(chunk)
+            window_bytes += len(chunk)
+            elapsed = time.monotonic() - window_start
+            if elapsed >= LOW_SPEED_S:
+                if window_bytes / elapsed < MIN_RATE_BPS:
+                    raise Transient(f"{url}: download stalled (below {MIN_RATE_BPS} B/s for "
+                                    f"{LOW_SPEED_S:.0f}s)", hint="check the network path to S3")
+                window_start, window_bytes = time.monotonic(), 0
 
     def _call(self, url: str, call: Any, *, not_modified_ok: bool = False,
               missing_ok: bool = False) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import ClientError
 
+        from pullboot import aws
+
+        if self.deadline.done():
+            raise Transient(f"{url}: not fetched within the fetch deadline (fetch.retry_budget)"
+                            if not self.deadline.canceled() else f"{url}: canceled",
+                            hint="check the network path to S3")
         try:
             return call()
         except ClientError as exc:
@@ -261,8 +331,11 @@ class S3Source(Source):
             if code in _PERMANENT_HINTS:
                 raise SourceError(f"{url}: {code}", hint=_PERMANENT_HINTS[code]) from None
             raise Transient(f"{url}: {code}", hint="S3 is throttling or unavailable") from None
-        except BotoCoreError as exc:
-            raise Transient(f"{url}: {exc}", hint="check the network path to S3") from None
+        except aws.CALL_ERRORS as exc:
+            # An unparsable answer is as likely a proxy or portal in the way as
+            # anything: transient, so the last good release can run.
+            raise Transient(f"{url}: {aws.describe_failure(exc)}",
+                            hint="check the network path to S3 and AWS_ENDPOINT_URL(_S3)") from None
 
 
 def _revision(resp: Any) -> str:

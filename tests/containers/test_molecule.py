@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +30,15 @@ LINT_PATHS = ("roles/", "playbooks/", "inventory/", "molecule/")
 TAIL_LINES = 120
 SETUP_TIMEOUT_S = 900
 SCENARIO_TIMEOUT_S = 1800
+# Two test sessions on one machine (two clones, or `make test` twice at once) must not share
+# containers or molecule's state: each session names its containers with its own id
+# (molecule.yml: pullboot-molecule-<scenario>-${PULLBOOT_MOLECULE_RUN}) and keeps each
+# scenario's ephemeral directory under its own temp dir.
+RUN_ID = f"{os.getpid()}-{os.urandom(3).hex()}"
+EPHEMERAL_ROOT = Path(tempfile.gettempdir()) / f"pullboot-molecule-{RUN_ID}"
 
 
-def tool_env() -> dict[str, str]:
+def tool_env(scenario: str | None = None) -> dict[str, str]:
     """The environment for molecule and the scripts, taken from the test's own environment.
 
     The venv's bin comes first on PATH (molecule calls ansible-playbook and ansible-config),
@@ -42,6 +49,9 @@ def tool_env() -> dict[str, str]:
     env.setdefault("CONTAINERS_CONF", str(CONTAINERS_CONF))
     env["PYTHON"] = sys.executable
     env.update(NO_COLOR="1", PY_COLORS="0", ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env["PULLBOOT_MOLECULE_RUN"] = RUN_ID
+    if scenario is not None:
+        env["MOLECULE_EPHEMERAL_DIRECTORY"] = str(EPHEMERAL_ROOT / scenario)
     return env
 
 
@@ -50,14 +60,15 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(kept)
 
 
-def run(argv: list[str], *, timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
+def run(argv: list[str], *, timeout: float,
+        scenario: str | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run a command at the repo root with stdout and stderr merged; return it and its seconds."""
     started = time.monotonic()
     try:
         proc = subprocess.run(
             argv,
             cwd=REPO,
-            env=tool_env(),
+            env=tool_env(scenario),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -96,7 +107,8 @@ def molecule_ready() -> None:
 def test_molecule_scenario(
     scenario: str, molecule_ready: None, record_property: Callable[[str, object], None]
 ) -> None:
-    proc, seconds = run(["molecule", "test", "-s", scenario], timeout=SCENARIO_TIMEOUT_S)
+    proc, seconds = run(["molecule", "test", "-s", scenario], timeout=SCENARIO_TIMEOUT_S,
+                        scenario=scenario)
     record_property("seconds", round(seconds, 1))
     assert proc.returncode == 0, (
         f"molecule test -s {scenario} failed (exit {proc.returncode}, {seconds:.0f}s); "

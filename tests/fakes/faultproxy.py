@@ -18,6 +18,8 @@ Faults are queued in the order they are armed and each request consumes one:
   (``<Error><Code>SlowDown</Code>...``) without contacting the upstream.
 * ``reset_next(n, after_upstream=False)``: abort the client connection with RST (SO_LINGER 0),
   before relaying (the upstream never sees the request) or after it (the upstream applied it).
+* ``garbage_next(n)``: answer ``200 OK`` with an HTML page (a captive portal, a wrong endpoint)
+  without contacting the upstream: botocore cannot parse it.
 * ``truncate_next(n, after_bytes=k)``: send the upstream's status and headers (full
   Content-Length) but only the first k body bytes, then close.
 
@@ -48,7 +50,8 @@ S3_ENDPOINT_ENV: Final = "AWS_ENDPOINT_URL_S3"
 _THROTTLE_SLICES_PER_S: Final = 20
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 
-FaultKind = Literal["pass", "error", "reset", "reset_after", "truncate"]
+FaultKind = Literal["pass", "error", "reset", "reset_after", "truncate", "garbage"]
+GARBAGE_PAGE: Final = b"<html><body><h1>Welcome to the hotel Wi-Fi</h1><p>Log in</body></html>"
 
 
 class ProxyRequest(NamedTuple):
@@ -104,6 +107,10 @@ class FaultProxy(LoopbackService):
     def slow_down(self, n: int = 1) -> None:
         """Queue ``n`` answers of ``503 SlowDown``."""
         self.error_next(n)
+
+    def garbage_next(self, n: int = 1) -> None:
+        """Queue ``n`` answers of ``200 OK`` with an HTML page instead of an AWS response."""
+        self._queue(n, _Fault("garbage", status=200))
 
     def reset_next(self, n: int = 1, *, after_upstream: bool = False) -> None:
         """Queue ``n`` connection resets (RST), before or after relaying the request."""
@@ -213,6 +220,9 @@ class _ProxyHandler(FakeHTTPHandler):
         if fault is not None and fault.kind == "error":
             self.send_plain(fault.status, s3_error_xml(fault.code, fault.message),
                             content_type="application/xml")
+            return
+        if fault is not None and fault.kind == "garbage":
+            self.send_plain(200, GARBAGE_PAGE, content_type="text/html")
             return
         if fault is not None and fault.kind == "reset":
             self._reset()

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from pullboot.errors import ImdsUnavailable
 from pullboot.identity import read_identity
-from pullboot.imds import ImdsClient, ImdsOptions, ImdsUnavailable
+from pullboot.imds import ImdsClient, ImdsOptions
 
 
 class FakeClock:
