@@ -164,6 +164,12 @@ class PodmanError(SimError):
         self.stderr = stderr
 
 
+class ShipError(PullbootError):
+    """A sink could not store the results (network, permissions, missing bucket)."""
+
+    stage = "report"
+
+
 def exit_code_table() -> list[tuple[int, str, list[str]]]:
     """(code, meaning, error classes that exit with it), for --help and the README."""
     classes: dict[int, list[str]] = {}

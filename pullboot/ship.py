@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 from pullboot.atomic import fsync_dir, read_json, remove, write_atomic, write_json_atomic
-from pullboot.errors import ConfigError, PullbootError
+from pullboot.errors import ConfigError, PullbootError, ShipError
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,6 @@ PLACEHOLDERS: Final = frozenset({"date", "year", "month", "day", "hour", "role",
                                  "hostname", "account_id", "region", "run_id", "status"})
 DEFAULT_LAYOUT: Final = "date={date}/role={role}/instance={instance_id}/{run_id}/"
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._+=-]")
-
-
-class ShipError(PullbootError):
-    """A sink could not store the results (network, permissions, missing bucket)."""
-
-    stage = "report"
 
 
 class Sink(ABC):
