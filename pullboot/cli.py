@@ -256,6 +256,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(f"no runs recorded under {state.runs}\n")
         return 0
     sys.stdout.write(_status_table(reports))
+    error = reports[0].get("error")
+    if isinstance(error, Mapping):  # the newest run's reason in full; the table cuts it
+        sys.stdout.write(f"error of {reports[0].get('run_id')}: {error.get('message')}\n")
+        if error.get("hint"):
+            sys.stdout.write(f"fix: {error['hint']}\n")
     live = status_file.read(Path(settings.get("status_file")))
     if live and live.get("status") == status_file.RUNNING:
         sys.stdout.write(f"running now: {live.get('run_id') or '(starting)'} in phase "
@@ -427,7 +432,7 @@ def _render_report(report: Any, path: Path | None, out: TextIO) -> None:
 
 def _status_table(reports: list[dict[str, Any]]) -> str:
     rows = [("RUN", "STATUS", "STARTED", "ROLES", "REVISION", "CHANGED", "FAILED",
-             "DURATION")]
+             "DURATION", "REASON")]
     for r in reports:
         stats = r.get("stats") or {}
         changed = sum(h.get("changed", 0) for h in stats.values())
@@ -436,10 +441,25 @@ def _status_table(reports: list[dict[str, Any]]) -> str:
         started = str(r.get("started_at") or "-").replace("T", " ").replace("+00:00", "Z")
         rows.append((str(r.get("run_id")), str(r.get("status")), started,
                      ",".join(x["name"] for x in r.get("roles") or []) or "-",
-                     rev[:12], str(changed), str(failed), f"{r.get('duration_s', 0):.1f}s"))
+                     rev[:12], str(changed), str(failed), f"{r.get('duration_s', 0):.1f}s",
+                     _reason(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                    + "\n" for row in rows)
+
+
+def _reason(report: Mapping[str, Any], width: int = 80) -> str:
+    """Why a run did not succeed, on one line: its error, else its first failed task."""
+    error = report.get("error")
+    failures = report.get("failures") or []
+    if isinstance(error, Mapping):
+        text = str(error.get("message") or "")
+    elif failures and isinstance(failures[0], Mapping):
+        text = f"{failures[0].get('task')}: {failures[0].get('message')}"
+    else:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _print_error(exc: PullbootError) -> None:
