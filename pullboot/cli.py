@@ -117,6 +117,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="role to run (repeatable; or comma-separated)")
     p.add_argument("-e", "--extra-vars", metavar="KEY=VALUE|@FILE", action="append",
                    default=[], help="extra vars for the play (repeatable)")
+    p.add_argument("--vault-password-file", metavar="FILE", dest="vault_password_file",
+                   help="ansible-vault password file on this host (vault_password_file)")
+    p.add_argument("--vault-id", metavar="[LABEL@]FILE", action="append", dest="vault_ids",
+                   help="ansible-vault identity and its password file (repeatable; vault_ids)")
     p.add_argument("--wait-lock", type=float, metavar="SECONDS", dest="wait_lock",
                    help="wait up to SECONDS for another run's lock instead of exiting 75")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout "
@@ -309,6 +313,10 @@ def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
         value = getattr(args, attr, None)
         if value is not None:
             cli[key] = value
+    if getattr(args, "vault_password_file", None):
+        cli["vault_password_file"] = args.vault_password_file
+    if getattr(args, "vault_ids", None):
+        cli["vault_ids"] = list(args.vault_ids)
     if args.roles:
         cli["roles"] = [r.strip() for item in args.roles for r in item.split(",")]
     for attr, key in (("tags", "run.tags"), ("skip_tags", "run.skip_tags")):

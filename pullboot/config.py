@@ -144,6 +144,9 @@ _BASE_SCHEMA: Final[tuple[Option, ...]] = (
            "secretsmanager:ID"),
     Option("vault_password", "opt-str", None, "ansible-vault password: ssm:NAME or "
            "secretsmanager:ID"),
+    Option("vault_password_file", "opt-str", None, "a local ansible-vault password file on "
+           "the host (ansible reads it; an executable one is run)"),
+    Option("vault_ids", "list", [], "ansible --vault-id values: [label@]FILE on the host"),
 )
 SCHEMA: Final[tuple[Option, ...]] = (*_BASE_SCHEMA,
     # -- the trust policy (pullboot.trust): only the host may set it --

@@ -128,14 +128,18 @@ def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Release,
     from pullboot import runner
 
     assert ctx.run_dir is not None
+    from pullboot import vault
+
     settings = res.settings
     extravars, data_vars = _extravars(ctx, res)
+    vault_ids = vault.prepare(settings, req.secrets)
     spec = runner.RunSpec(
         run_id=ctx.run_id, private_dir=res.state.runner, project_dir=release.tree,
         playbooks=books, extravars=extravars, data_vars=data_vars,
         check=settings.get("run.check"), diff=settings.get("run.diff"),
         tags=tuple(settings.get("run.tags")), skip_tags=tuple(settings.get("run.skip_tags")),
-        limit=settings.get("run.limit"), verbosity=settings.get("run.verbosity"),
+        limit=settings.get("run.limit"), vault_ids=vault_ids,
+        verbosity=settings.get("run.verbosity"),
         timeout=settings.get("run.timeout"), keep_artifacts=settings.get("run.keep_artifacts"),
         envvars=req.secrets.env, guard=req.secrets,
     )
@@ -238,9 +242,10 @@ def plan(req: Request) -> Plan:
 
     Raises PullbootError like a run would fail, so the CLI shows the same error.
     """
-    from pullboot import fetch
+    from pullboot import fetch, vault
 
     res = resolve(req)
+    vault.vault_ids(res.settings)  # a bad --vault-id fails plan as it would fail the run
     res.state.prepare()
     current = res.state.current_release()
     release = fetch.fetch_release(res, switch=False)
