@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from pullboot import __version__
-from pullboot.cli import EXIT_CODES, main, parse_extra_vars
+from pullboot.cli import EXIT_CODES, main
 from pullboot.config import coerce
 from pullboot.errors import ConfigError
+from pullboot.extravars import parse_extra_vars
 
 
 @pytest.fixture(autouse=True)
