@@ -293,6 +293,9 @@ def _wait_status(path: Path, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"status: {live.get('status')} (exit {code}) run {live.get('run_id')}"
                          f"{' report ' + str(live['report']) if live.get('report') else ''}\n")
+        error = _report_error(live.get("report"))
+        if error:
+            sys.stdout.write(f"error: {error}\n")
     return code if isinstance(code, int) else EXIT_PLAY_FAILED
 
 
@@ -419,6 +422,17 @@ def _status_table(reports: list[dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                    + "\n" for row in rows)
+
+
+def _report_error(path: Any) -> str | None:
+    """The error message of the report at ``path`` (our own file), if it has one."""
+    if not isinstance(path, str):
+        return None
+    try:
+        error = json.loads(Path(path).read_text(encoding="utf-8")).get("error")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(error.get("message")) if isinstance(error, Mapping) else None
 
 
 def _reason(report: Mapping[str, Any], width: int = 80) -> str:

@@ -152,13 +152,19 @@ class EventRecorder:
             ))
 
     def _keep_error_text(self, stdout: Any) -> None:
-        """Keep ansible's error lines: a play that stops before any task says why only here."""
-        if not isinstance(stdout, str) or len(self.error_text) >= MAX_ERROR_TEXT:
+        """Keep ansible's last error block: a play that stops before any task says why only here.
+
+        The last one, because the error that stopped ansible is the last it printed
+        (an earlier one may have been survived). Bounded to MAX_ERROR_TEXT.
+        """
+        if not isinstance(stdout, str):
             return
-        if not self.error_text and not ERROR_START_RE.match(stdout):
+        line = self._redact(strip_ansi(stdout))
+        if ERROR_START_RE.match(line):
+            self.error_text = ""
+        elif not self.error_text or len(self.error_text) >= MAX_ERROR_TEXT:
             return
-        text = self.error_text + self._redact(strip_ansi(stdout)) + "\n"
-        self.error_text = text[:MAX_ERROR_TEXT]
+        self.error_text = (self.error_text + line + "\n")[:MAX_ERROR_TEXT]
 
     def _add_stats(self, data: Mapping[str, Any]) -> None:
         for src, dst in STAT_KEYS.items():

@@ -67,6 +67,8 @@ def test_play_level_error_names_ansible_message_and_origin(
     status = run_cli("status")
     assert status.rc == 0
     assert report["run_id"] in status.stdout and error["message"] in status.stdout
+    waited = run_cli("status", "--wait", "--timeout", "30")
+    assert waited.rc == 1 and f"error: {error['message']}" in waited.stdout
 
 
 def test_failed_task_keeps_failures_and_no_play_error(make_repo: Any) -> None:

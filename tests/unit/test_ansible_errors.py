@@ -97,3 +97,11 @@ def test_origin_after_a_caused_by_chain() -> None:
     assert found is not None
     assert found.message == "Invalid vars_files file '/t/v.yml': no vault secrets found."
     assert found.origin == "v.yml"
+
+
+def test_recorder_keeps_the_last_error_block(tmp_path: Path) -> None:
+    with EventRecorder(tmp_path / "e.jsonl") as rec:
+        _verbose(rec, "[ERROR]: survived\nOrigin: /t/a.yml:1:1\n[WARNING]: w\n" + NEW_STYLE)
+    found = ansible_error(rec.error_text, tree=Path("/rel/tree"))
+    assert found is not None and found.origin == "playbooks/web.yml:3:3"
+    assert "survived" not in rec.error_text
