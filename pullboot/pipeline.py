@@ -84,7 +84,7 @@ def resolve(req: Request) -> Resolution:
 
 def run(req: Request) -> RunResult:
     """The boot job. Returns the report; never raises PullbootError."""
-    from pullboot import fetch
+    from pullboot import fetch, vault
 
     started = time.monotonic()
     started_at = _now()
@@ -99,6 +99,9 @@ def run(req: Request) -> RunResult:
         ctx.warnings.extend(_clock_check(res.state, started_at))
         if req.before_fetch is not None:
             req.before_fetch(res)
+        # After before_fetch (it fills the guard) and before the fetch: a wrong path
+        # fails the run while the last good release is still current.
+        ctx.vault_ids = vault.prepare(res.settings, req.secrets)
         if res.settings.get("only_if_changed"):
             unchanged = _unchanged(res)
             if unchanged is not None:
@@ -128,17 +131,14 @@ def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Release,
     from pullboot import runner
 
     assert ctx.run_dir is not None
-    from pullboot import vault
-
     settings = res.settings
     extravars, data_vars = _extravars(ctx, res)
-    vault_ids = vault.prepare(settings, req.secrets)
     spec = runner.RunSpec(
         run_id=ctx.run_id, private_dir=res.state.runner, project_dir=release.tree,
         playbooks=books, extravars=extravars, data_vars=data_vars,
         check=settings.get("run.check"), diff=settings.get("run.diff"),
         tags=tuple(settings.get("run.tags")), skip_tags=tuple(settings.get("run.skip_tags")),
-        limit=settings.get("run.limit"), vault_ids=vault_ids,
+        limit=settings.get("run.limit"), vault_ids=ctx.vault_ids,
         verbosity=settings.get("run.verbosity"),
         timeout=settings.get("run.timeout"), keep_artifacts=settings.get("run.keep_artifacts"),
         envvars=req.secrets.env, guard=req.secrets,
@@ -304,6 +304,8 @@ class _RunContext:
     warnings: list[str] = field(default_factory=list)
     # (release id, record) of a play that succeeded, for _finish to commit.
     success: tuple[str, dict[str, Any]] | None = None
+    # ``--vault-id`` values for ansible (paths on the host, checked before the fetch).
+    vault_ids: tuple[str, ...] = ()
 
 
 def _finish(ctx: _RunContext, req: Request, *, status: RunStatus, exit_code: int,

@@ -58,6 +58,9 @@ def prepare(settings: config.Settings, guard: SecretGuard) -> tuple[str, ...]:
     for _, path in ids:
         password = _password_of(path)
         if password is not None:
+            if len(password) < 4:
+                log.warning("the vault password in %s is shorter than 4 characters: it cannot "
+                            "be redacted from output", path)
             guard.redactor.add(password)
     if ids and GUARD_NAME not in guard.names:
         # Makes the guard active: the runner scrubs the artifacts of redacted values.

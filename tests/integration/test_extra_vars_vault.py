@@ -144,3 +144,5 @@ def test_bad_vault_password_file_is_a_clear_error(
     res = run_cli("run", "--source", repo.url, "--role", "web", *args, "--json")
     assert res.rc == 2, res.stderr
     assert match in res.report["error"]["message"] and "Traceback" not in res.stderr
+    # Checked before the fetch: nothing fetched, no release switched.
+    assert res.report["source"]["revision"] is None and res.report["event_count"] == 0
