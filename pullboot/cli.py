@@ -114,8 +114,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", metavar="REF", help="git branch, tag or commit sha")
     p.add_argument("--role", metavar="NAME", action="append", dest="roles",
                    help="role to run (repeatable; or comma-separated)")
-    p.add_argument("-e", "--extra-vars", metavar="KEY=VALUE|@FILE", action="append",
-                   default=[], help="extra vars for the play (repeatable)")
+    p.add_argument("-e", "--extra-vars", metavar="'K=V K2=V2'|@FILE|JSON", action="append",
+                   default=[], help="extra vars for the play, as ansible-playbook -e reads "
+                   "them (repeatable)")
     p.add_argument("--vault-password-file", metavar="FILE", dest="vault_password_file",
                    help="ansible-vault password file on this host (vault_password_file)")
     p.add_argument("--vault-id", metavar="[LABEL@]FILE", action="append", dest="vault_ids",

@@ -95,7 +95,7 @@ class EventRecorder:
         self._on_event = on_event
         self._fh: IO[str] | None = None
         self.warnings: list[str] = []
-        # ansible's error text (from its first error line on), redacted and bounded.
+        # ansible's last error block (see _keep_error_text), redacted and bounded.
         self.error_text = ""
 
     def __enter__(self) -> EventRecorder:
@@ -209,23 +209,19 @@ def ansible_error(text: str, *, tree: Path | None = None) -> AnsibleError | None
     if start is None:
         return None
     parts = [ERROR_START_RE.sub("", lines[start]).strip()]
-    origin = None
+    origin, in_message = None, True
     for line in lines[start + 1:]:
+        if ERROR_START_RE.match(line):
+            break  # the next error: this one named no origin
+        # The origin follows the message, or a "caused by" chain (old releases: a paragraph).
         found = ORIGIN_RE.match(line.strip()) or OLD_ORIGIN_RE.search(line)
         if found:
             origin = _origin(found, tree)
             break
-        if not line.strip() or ERROR_START_RE.match(line):
-            break
-        parts.append(line.strip())
-    if origin is None:  # a "caused by" chain or an old release puts it paragraphs further down
-        for line in lines[start + 1:]:
-            if ERROR_START_RE.match(line):
-                break
-            found = ORIGIN_RE.match(line.strip()) or OLD_ORIGIN_RE.search(line)
-            if found:
-                origin = _origin(found, tree)
-                break
+        if not line.strip():
+            in_message = False
+        elif in_message:
+            parts.append(line.strip())
     message = " ".join(p for p in parts if p)
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "..."
