@@ -93,8 +93,10 @@ class _Job:
             self.status.finish(status=report.status, exit_code=report.exit_code,
                                report=str(path) if path else None)
             finished = True
-            log.info("run %s finished: %s (exit %d) in %.1fs", report.run_id, report.status,
-                     report.exit_code, report.duration_s)
+            # The journal's one line per run: with the reason, so that it says why.
+            log.info("run %s finished: %s (exit %d) in %.1fs%s", report.run_id, report.status,
+                     report.exit_code, report.duration_s,
+                     f": {report.error['message']}" if report.error else "")
             return RunResult(report=report, report_path=path)
         finally:
             if not finished:  # a bug, not a run outcome: don't leave "running" behind

@@ -19,8 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from pullboot import __version__, config
 from pullboot import status as status_file
 from pullboot.errors import (
@@ -30,6 +28,7 @@ from pullboot.errors import (
     PullbootError,
     exit_code_table,
 )
+from pullboot.extravars import parse_extra_vars
 from pullboot.trust import OriginKind, Policy
 
 log = logging.getLogger("pullboot")
@@ -115,8 +114,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", metavar="REF", help="git branch, tag or commit sha")
     p.add_argument("--role", metavar="NAME", action="append", dest="roles",
                    help="role to run (repeatable; or comma-separated)")
-    p.add_argument("-e", "--extra-vars", metavar="KEY=VALUE|@FILE", action="append",
-                   default=[], help="extra vars for the play (repeatable)")
+    p.add_argument("-e", "--extra-vars", metavar="'K=V K2=V2'|@FILE|JSON", action="append",
+                   default=[], help="extra vars for the play, as ansible-playbook -e reads "
+                   "them (repeatable)")
+    p.add_argument("--vault-password-file", metavar="FILE", dest="vault_password_file",
+                   help="ansible-vault password file on this host (vault_password_file)")
+    p.add_argument("--vault-id", metavar="[LABEL@]FILE", action="append", dest="vault_ids",
+                   help="ansible-vault identity and its password file (repeatable; vault_ids)")
     p.add_argument("--wait-lock", type=float, metavar="SECONDS", dest="wait_lock",
                    help="wait up to SECONDS for another run's lock instead of exiting 75")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout "
@@ -256,6 +260,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(f"no runs recorded under {state.runs}\n")
         return 0
     sys.stdout.write(_status_table(reports))
+    error = reports[0].get("error")
+    if isinstance(error, Mapping):  # the newest run's reason in full; the table cuts it
+        sys.stdout.write(f"error of {reports[0].get('run_id')}: {error.get('message')}\n")
+        if error.get("hint"):
+            sys.stdout.write(f"fix: {error['hint']}\n")
     live = status_file.read(Path(settings.get("status_file")))
     if live and live.get("status") == status_file.RUNNING:
         sys.stdout.write(f"running now: {live.get('run_id') or '(starting)'} in phase "
@@ -285,6 +294,9 @@ def _wait_status(path: Path, args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(f"status: {live.get('status')} (exit {code}) run {live.get('run_id')}"
                          f"{' report ' + str(live['report']) if live.get('report') else ''}\n")
+        error = _report_error(live.get("report"))
+        if error:
+            sys.stdout.write(f"error: {error}\n")
     return code if isinstance(code, int) else EXIT_PLAY_FAILED
 
 
@@ -304,6 +316,10 @@ def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
         value = getattr(args, attr, None)
         if value is not None:
             cli[key] = value
+    if getattr(args, "vault_password_file", None):
+        cli["vault_password_file"] = args.vault_password_file
+    if getattr(args, "vault_ids", None):
+        cli["vault_ids"] = list(args.vault_ids)
     if args.roles:
         cli["roles"] = [r.strip() for item in args.roles for r in item.split(",")]
     for attr, key in (("tags", "run.tags"), ("skip_tags", "run.skip_tags")):
@@ -330,40 +346,6 @@ def _config_path(args: argparse.Namespace) -> tuple[Path, bool]:
 def _config_layer(args: argparse.Namespace) -> config.Layer:
     path, required = _config_path(args)
     return config.load_file(path, required=required)
-
-
-def parse_extra_vars(items: Sequence[str]) -> dict[str, Any]:
-    """``-e key=value`` / ``-e @file.yml`` / ``-e '{"json": 1}'`` into one dict."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if item.startswith("@"):
-            path = Path(item[1:])
-            try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as exc:
-                raise ConfigError(f"-e {item}: cannot read vars file: {exc}",
-                                  hint="give a readable YAML or JSON file") from None
-        elif item.lstrip().startswith("{"):
-            try:
-                data = yaml.safe_load(item)
-            except yaml.YAMLError:
-                raise ConfigError(f"-e {item[:60]!r} is not valid JSON/YAML",
-                                  hint="use KEY=VALUE, @FILE or a JSON object") from None
-        elif "=" in item:
-            key, _, value = item.partition("=")
-            data = {key.strip(): value}
-        else:
-            raise ConfigError(f"-e {item[:60]!r} is not KEY=VALUE, @FILE or JSON",
-                              hint="write -e env=prod or -e @vars.yml")
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"-e {item[:60]!r} does not hold a mapping of names to values",
-                              hint="a vars file must be a YAML/JSON mapping")
-        from pullboot.roles import check_var_name
-
-        for key in data:
-            check_var_name(str(key), origin=f"-e {item[:40]}")
-        out.update({str(k): v for k, v in data.items()})
-    return out
 
 
 def _install_signal_handlers(cancel: threading.Event) -> Any:
@@ -427,7 +409,7 @@ def _render_report(report: Any, path: Path | None, out: TextIO) -> None:
 
 def _status_table(reports: list[dict[str, Any]]) -> str:
     rows = [("RUN", "STATUS", "STARTED", "ROLES", "REVISION", "CHANGED", "FAILED",
-             "DURATION")]
+             "DURATION", "REASON")]
     for r in reports:
         stats = r.get("stats") or {}
         changed = sum(h.get("changed", 0) for h in stats.values())
@@ -436,10 +418,36 @@ def _status_table(reports: list[dict[str, Any]]) -> str:
         started = str(r.get("started_at") or "-").replace("T", " ").replace("+00:00", "Z")
         rows.append((str(r.get("run_id")), str(r.get("status")), started,
                      ",".join(x["name"] for x in r.get("roles") or []) or "-",
-                     rev[:12], str(changed), str(failed), f"{r.get('duration_s', 0):.1f}s"))
+                     rev[:12], str(changed), str(failed), f"{r.get('duration_s', 0):.1f}s",
+                     _reason(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                    + "\n" for row in rows)
+
+
+def _report_error(path: Any) -> str | None:
+    """The error message of the report at ``path`` (our own file), if it has one."""
+    if not isinstance(path, str):
+        return None
+    try:
+        error = json.loads(Path(path).read_text(encoding="utf-8")).get("error")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(error.get("message")) if isinstance(error, Mapping) else None
+
+
+def _reason(report: Mapping[str, Any], width: int = 80) -> str:
+    """Why a run did not succeed, on one line: its error, else its first failed task."""
+    error = report.get("error")
+    failures = report.get("failures") or []
+    if isinstance(error, Mapping):
+        text = str(error.get("message") or "")
+    elif failures and isinstance(failures[0], Mapping):
+        text = f"{failures[0].get('task')}: {failures[0].get('message')}"
+    else:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _print_error(exc: PullbootError) -> None:

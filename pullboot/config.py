@@ -145,6 +145,9 @@ _BASE_SCHEMA: Final[tuple[Option, ...]] = (
            "secretsmanager:ID"),
     Option("vault_password", "opt-str", None, "ansible-vault password: ssm:NAME or "
            "secretsmanager:ID"),
+    Option("vault_password_file", "opt-str", None, "a local ansible-vault password file on "
+           "the host (ansible reads it; an executable one is run)"),
+    Option("vault_ids", "list", [], "ansible --vault-id values: [label@]FILE on the host"),
 )
 SCHEMA: Final[tuple[Option, ...]] = (*_BASE_SCHEMA,
     # -- the trust policy (pullboot.trust): only the host may set it --
@@ -435,20 +438,25 @@ MAX_CONFIG_BYTES: Final = 1 << 20
 
 
 def _read_config_text(path: Path) -> str:
-    """The file's text: a regular file of at most MAX_CONFIG_BYTES, opened without blocking.
+    return read_host_file(path, what="config file",
+                          hint="point --config / PULLBOOT_CONFIG at a YAML file; a pullboot "
+                          "config file is a few lines of YAML")
+
+
+def read_host_file(path: Path, *, what: str, hint: str) -> str:
+    """The text of a file named on the host: regular, at most MAX_CONFIG_BYTES, UTF-8.
 
     O_NONBLOCK keeps a FIFO from hanging the boot; fstat refuses anything but a
-    regular file (a FIFO, /dev/zero, a directory) before a byte is read.
+    regular file (a FIFO, /dev/zero, a directory) before a byte is read. Raises
+    OSError (the file cannot be opened), UnicodeDecodeError or ConfigError.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"config file {path} is not a regular file",
-                              hint="point --config / PULLBOOT_CONFIG at a YAML file")
+            raise ConfigError(f"{what} {path} is not a regular file", hint=hint)
         data = fh.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes",
-                          hint="a pullboot config file is a few lines of YAML; check the path")
+        raise ConfigError(f"{what} {path} is larger than {MAX_CONFIG_BYTES} bytes", hint=hint)
     return data.decode("utf-8")
 
 

@@ -116,6 +116,22 @@ class RunError(PullbootError):
     stage = "run"
 
 
+class PlayError(RunError):
+    """ansible-playbook stopped without a failed task: a play that does not parse or load.
+
+    A YAML error, a removed keyword, an unknown attribute, a missing role,
+    collection or module, a vault file without a password. ``origin`` is
+    ansible's ``file:line:col`` (relative to the release), when it gave one.
+    """
+
+    stage = "play"
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 origin: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.origin = origin
+
+
 class LockError(PullbootError):
     """Another pullboot run holds the state dir's lock."""
 

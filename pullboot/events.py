@@ -21,6 +21,15 @@ log = logging.getLogger(__name__)
 
 ANSI_RE: Final = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 MAX_MESSAGE: Final = 2000
+# ansible's own error text kept from ``verbose`` events (the rest is in events.jsonl).
+MAX_ERROR_TEXT: Final = 4096
+# ansible-core >= 2.19 starts an error with "[ERROR]: ", older releases with "ERROR! ".
+ERROR_START_RE: Final = re.compile(r"^(?:\[ERROR\]: ?|ERROR! ?)")
+# Where ansible says the error is: "Origin: FILE[:LINE[:COL]]" (>= 2.19), or
+# "The error appears to be in 'FILE': line N, column M" (older releases).
+ORIGIN_RE: Final = re.compile(r"^Origin: (?P<file>.+?)(?::(?P<line>\d+)(?::(?P<col>\d+))?)?$")
+OLD_ORIGIN_RE: Final = re.compile(
+    r"The error appears to be in '(?P<file>[^']+)': line (?P<line>\d+), column (?P<col>\d+)")
 REDACTED: Final = "********"
 STAT_KEYS: Final = {"ok": "ok", "changed": "changed", "failures": "failed",
                     "dark": "unreachable", "skipped": "skipped", "rescued": "rescued",
@@ -146,6 +155,8 @@ class EventRecorder:
         self._on_event = on_event
         self._fh: IO[str] | None = None
         self.warnings: list[str] = []
+        # ansible's last error block (see _keep_error_text), redacted and bounded.
+        self.error_text = ""
 
     def __enter__(self) -> EventRecorder:
         self._fh = self.path.open("a", encoding="utf-8")
@@ -191,7 +202,9 @@ class EventRecorder:
     def _summarise(self, event: Mapping[str, Any]) -> None:
         name = event.get("event")
         data = event.get("event_data") or {}
-        if name == "playbook_on_stats":
+        if name in ("verbose", "error"):
+            self._keep_error_text(event.get("stdout"))
+        elif name == "playbook_on_stats":
             self._add_stats(data)
         elif name in ("runner_on_failed", "runner_on_unreachable") and not data.get(
                 "ignore_errors"):
@@ -199,6 +212,21 @@ class EventRecorder:
                 play=data.get("play"), task=data.get("task"), host=data.get("host"),
                 message=failure_message(data.get("res") or {}),
             ))
+
+    def _keep_error_text(self, stdout: Any) -> None:
+        """Keep ansible's last error block: a play that stops before any task says why only here.
+
+        The last one, because the error that stopped ansible is the last it printed
+        (an earlier one may have been survived). Bounded to MAX_ERROR_TEXT.
+        """
+        if not isinstance(stdout, str):
+            return
+        line = self._redact(strip_ansi(stdout))
+        if ERROR_START_RE.match(line):
+            self.error_text = ""
+        elif not self.error_text or len(self.error_text) >= MAX_ERROR_TEXT:
+            return
+        self.error_text = (self.error_text + line + "\n")[:MAX_ERROR_TEXT]
 
     def _add_stats(self, data: Mapping[str, Any]) -> None:
         for src, dst in STAT_KEYS.items():
@@ -222,6 +250,54 @@ def failure_message(res: Mapping[str, Any]) -> str:
     if res.get("rc") not in (None, 0):
         message = f"{message} (rc={res['rc']})".lstrip()
     return message or "task failed (no message)"
+
+
+@dataclass(frozen=True)
+class AnsibleError:
+    """ansible's own account of why it stopped: its message and where (``file:line:col``)."""
+
+    message: str
+    origin: str | None
+
+
+def ansible_error(text: str, *, tree: Path | None = None) -> AnsibleError | None:
+    """The first error in ansible's output ``text``, its origin relative to ``tree``; else None.
+
+    The message is ansible's first paragraph (continuation lines joined), without
+    the quoted source snippet that follows, and at most MAX_MESSAGE characters.
+    """
+    lines = strip_ansi(text).splitlines()
+    start = next((i for i, line in enumerate(lines) if ERROR_START_RE.match(line)), None)
+    if start is None:
+        return None
+    parts = [ERROR_START_RE.sub("", lines[start]).strip()]
+    origin, in_message = None, True
+    for line in lines[start + 1:]:
+        if ERROR_START_RE.match(line):
+            break  # the next error: this one named no origin
+        # The origin follows the message, or a "caused by" chain (old releases: a paragraph).
+        found = ORIGIN_RE.match(line.strip()) or OLD_ORIGIN_RE.search(line)
+        if found:
+            origin = _origin(found, tree)
+            break
+        if not line.strip():
+            in_message = False
+        elif in_message:
+            parts.append(line.strip())
+    message = " ".join(p for p in parts if p)
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
+    return AnsibleError(message=message or "ansible reported an error (no message)",
+                        origin=origin)
+
+
+def _origin(found: re.Match[str], tree: Path | None) -> str:
+    path = found["file"]
+    for base in (tree, tree.resolve()) if tree is not None else ():
+        with contextlib.suppress(ValueError):
+            path = str(Path(path).relative_to(base))
+            break
+    return ":".join(x for x in (path, found["line"], found["col"]) if x)
 
 
 def describe(event: Mapping[str, Any]) -> tuple[str, str] | None:

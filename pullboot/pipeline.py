@@ -19,8 +19,8 @@ from typing import Any
 
 from pullboot import __version__, config, playbooks, roles
 from pullboot.atomic import write_json_atomic
-from pullboot.errors import Canceled, ConfigError, PullbootError, StateError
-from pullboot.events import EventRecorder
+from pullboot.errors import Canceled, ConfigError, PlayError, PullbootError, StateError
+from pullboot.events import EventRecorder, ansible_error
 from pullboot.identity import Identity, local_identity, read_ec2_api_tags, read_identity
 from pullboot.imds import ImdsClient, ImdsOptions, imds_disabled, imds_endpoint
 from pullboot.model import (
@@ -86,7 +86,7 @@ def resolve(req: Request) -> Resolution:
 
 def run(req: Request) -> RunResult:
     """The boot job. Returns the report; never raises PullbootError."""
-    from pullboot import fetch
+    from pullboot import fetch, vault
 
     started = time.monotonic()
     started_at = _now()
@@ -101,6 +101,9 @@ def run(req: Request) -> RunResult:
         ctx.warnings.extend(_clock_check(res.state, started_at))
         if req.before_fetch is not None:
             req.before_fetch(res)
+        # After before_fetch (it fills the guard) and before the fetch: a wrong path
+        # fails the run while the last good release is still current.
+        ctx.vault_ids = vault.prepare(res.settings, req.secrets)
         if res.settings.get("only_if_changed"):
             unchanged = _unchanged(res)
             if unchanged is not None:
@@ -137,7 +140,8 @@ def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Release,
         playbooks=books, extravars=extravars, data_vars=data_vars,
         check=settings.get("run.check"), diff=settings.get("run.diff"),
         tags=tuple(settings.get("run.tags")), skip_tags=tuple(settings.get("run.skip_tags")),
-        limit=settings.get("run.limit"), verbosity=settings.get("run.verbosity"),
+        limit=settings.get("run.limit"), vault_ids=ctx.vault_ids,
+        verbosity=settings.get("run.verbosity"),
         timeout=settings.get("run.timeout"), keep_artifacts=settings.get("run.keep_artifacts"),
         envvars=req.secrets.env, guard=req.secrets,
     )
@@ -158,7 +162,34 @@ def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Release,
             "revision": release.info.revision, "release": release.info.release,
             "roles": [r.name for r in res.roles], "finished_at": _now(),
         })
-    return _finish(ctx, req, status=status, exit_code=EXIT_FOR_STATUS[status])
+    error = _play_error(rec, events_path, release.tree) if status is RunStatus.FAILED else None
+    return _finish(ctx, req, status=status, exit_code=EXIT_FOR_STATUS[status], error=error)
+
+
+# Fixes for ansible's commonest play-level errors, by a phrase of its message.
+_PLAY_HINTS: tuple[tuple[str, str], ...] = (
+    ("no vault secrets", "give the vault password: --vault-password-file FILE, --vault-id "
+     "or the vault_password_file setting"),
+    ("was not found in", "add the role under roles/ or to requirements.yml in the source"),
+    ("couldn't resolve module/action", "list its collection in requirements.yml (or "
+     "collections/requirements.yml) in the source, or fix the module name"),
+    ("has been removed", "ansible-core removed this: change the play as the message says"),
+)
+
+
+def _play_error(rec: EventRecorder, events_path: Path, tree: Path) -> PlayError | None:
+    """Why a failed play failed, when no task did: ansible's own message and origin."""
+    if rec.failures:
+        return None  # the failed tasks say why
+    found = ansible_error(rec.error_text, tree=tree)
+    if found is None:
+        return PlayError("ansible-playbook failed before any task failed and printed no "
+                         "error", hint=f"see the verbose events in {events_path}")
+    where = f" (at {found.origin})" if found.origin else ""
+    hint = next((fix for phrase, fix in _PLAY_HINTS if phrase in found.message),
+                f"fix the playbook{' at ' + found.origin if found.origin else ''}; "
+                f"ansible's whole output is in {events_path}")
+    return PlayError(f"ansible: {found.message}{where}", hint=hint, origin=found.origin)
 
 
 def _unchanged(res: Resolution) -> SourceInfo | None:
@@ -213,9 +244,10 @@ def plan(req: Request) -> Plan:
 
     Raises PullbootError like a run would fail, so the CLI shows the same error.
     """
-    from pullboot import fetch
+    from pullboot import fetch, vault
 
     res = resolve(req)
+    vault.vault_ids(res.settings)  # a bad --vault-id fails plan as it would fail the run
     res.state.prepare()
     current = res.state.current_release()
     release = fetch.fetch_release(res, switch=False)
@@ -274,6 +306,8 @@ class _RunContext:
     warnings: list[str] = field(default_factory=list)
     # (release id, record) of a play that succeeded, for _finish to commit.
     success: tuple[str, dict[str, Any]] | None = None
+    # ``--vault-id`` values for ansible (paths on the host, checked before the fetch).
+    vault_ids: tuple[str, ...] = ()
 
 
 def _finish(ctx: _RunContext, req: Request, *, status: RunStatus, exit_code: int,
@@ -345,8 +379,11 @@ def _write_report(ctx: _RunContext, req: Request, report: Report) -> Path | None
 def _error_dict(error: PullbootError | None) -> dict[str, Any] | None:
     if error is None:
         return None
-    return {"stage": error.stage, "type": type(error).__name__, "message": error.message,
-            "hint": error.hint}
+    out = {"stage": error.stage, "type": type(error).__name__, "message": error.message,
+           "hint": error.hint}
+    if isinstance(error, PlayError):
+        out["origin"] = error.origin
+    return out
 
 
 def _options(res: Resolution | None) -> dict[str, Any]:

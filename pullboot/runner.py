@@ -51,6 +51,8 @@ class RunSpec:
     tags: tuple[str, ...] = ()
     skip_tags: tuple[str, ...] = ()
     limit: str | None = None
+    # ``[label@]/abs/path`` for ``--vault-id``: ansible reads the password file itself.
+    vault_ids: tuple[str, ...] = ()
     verbosity: int = 0
     timeout: int = 0
     keep_artifacts: int = 5
@@ -141,6 +143,7 @@ def _prompt_pty() -> Iterator[None]:
 def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
     """The one place that maps a RunSpec to ``ansible_runner.run`` arguments."""
     cmdline = [*(["--check"] if spec.check else []), *(["--diff"] if spec.diff else []),
+               *(arg for vault_id in spec.vault_ids for arg in ("--vault-id", vault_id)),
                "-e", "@" + str(write_vars_file(spec))]
     kwargs: dict[str, Any] = {
         "private_data_dir": str(spec.private_dir),

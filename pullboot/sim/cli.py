@@ -58,8 +58,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                       help="git URL, directory or s3://bucket/key ({role} allowed); local "
                       "paths are mounted read-only, 127.0.0.1 URLs reach the host")
     boot.add_argument("--ref", metavar="REF", help="git branch, tag or sha")
-    boot.add_argument("-e", "--var", action="append", default=[], metavar="KEY=VALUE",
-                      help="launch parameter, in the user-data's vars (repeatable)")
+    boot.add_argument("-e", "--var", action="append", default=[], metavar="K=V|@FILE|JSON",
+                      help="launch parameters, in the user-data's vars (repeatable; as "
+                      "ansible-playbook -e)")
     boot.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                       help="instance tag (repeatable)")
     boot.add_argument("--user-data", metavar="FILE",
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace) -> Any:
+    from pullboot.extravars import parse_extra_vars
     from pullboot.roles import check_role_name
     from pullboot.sim.spec import InstanceSpec, absolute_source, new_instance_id, parse_pairs
 
@@ -142,7 +144,7 @@ def _spec(args: argparse.Namespace) -> Any:
     spec = InstanceSpec(
         name=args.name, instance_id=new_instance_id(), roles=roles,
         source=absolute_source(args.source) if args.source else None,
-        ref=args.ref, vars=parse_pairs(args.var, what="-e"),
+        ref=args.ref, vars=parse_extra_vars(args.var),
         tags=parse_pairs(args.tag, what="--tag"), user_data=user_data,
         env=parse_pairs(args.env, what="--env"), bundle=str(Path(args.bundle).resolve()),
         instance_type=args.instance_type, region=args.region)

@@ -54,7 +54,7 @@ class InstanceSpec:
     roles: tuple[str, ...] = ()
     source: str | None = None
     ref: str | None = None
-    vars: Mapping[str, str] = field(default_factory=dict)
+    vars: Mapping[str, Any] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
     user_data: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)

@@ -180,7 +180,7 @@ def test_status_wait_blocks_until_the_run_ends_and_exits_with_its_code(
     table = run_cli("status")
     header, row = table.stdout.splitlines()[:2]
     assert header.split() == ["RUN", "STATUS", "STARTED", "ROLES", "REVISION", "CHANGED",
-                              "FAILED", "DURATION"]
+                              "FAILED", "DURATION", "REASON"]
     assert row.split()[:3] == [run_id, "failed", done["started_at"][:10]]
 
 

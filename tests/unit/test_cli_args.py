@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pullboot import __version__
-from pullboot.cli import EXIT_CODES, main, parse_extra_vars
+from pullboot.cli import EXIT_CODES, main
 from pullboot.config import coerce
 from pullboot.errors import ConfigError
+from pullboot.extravars import parse_extra_vars
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +36,59 @@ def test_extra_vars_key_value_file_and_json(tmp_path: Path) -> None:
     vars_file = tmp_path / "vars.yml"
     vars_file.write_text("env: prod\nreplicas: 3\nnested: {a: [1, 2]}\n")
     got = parse_extra_vars(["color=blue", "empty=", "eq=a=b", f"@{vars_file}",
-                            '{"replicas": 5, "debug": true}', " spaced =x"])
+                            '{"replicas": 5, "debug": true}', " spaced=x "])
     assert got == {"color": "blue", "empty": "", "eq": "a=b", "env": "prod", "replicas": 5,
                    "nested": {"a": [1, 2]}, "debug": True, "spaced": "x"}
+
+
+@pytest.mark.parametrize(("item", "expected"), [
+    # issue 13 item 7: this was one var a="1 b=2"
+    ("a=1 b=2", {"a": "1", "b": "2"}),
+    ("msg='hello world' n=\"x y\"", {"msg": "hello world", "n": "x y"}),
+    ("tpl={{ other | default('a b') }} c=3", {"tpl": "{{ other | default('a b') }}", "c": "3"}),
+    ("eq=a=b  spaced=x", {"eq": "a=b", "spaced": "x"}),
+    ("esc=a\\nb", {"esc": "a\nb"}),
+    ("['not', 'a', 'mapping']", None),
+    ("{a: 1, b: [x, y]}", {"a": 1, "b": ["x", "y"]}),
+    ('{"a": {"b": null}}', {"a": {"b": None}}),
+])
+def test_extra_vars_as_ansible_reads_them(item: str, expected: dict[str, Any] | None) -> None:
+    if expected is None:
+        with pytest.raises(ConfigError, match="does not hold a mapping"):
+            parse_extra_vars([item])
+        return
+    assert parse_extra_vars([item]) == expected
+    from ansible.parsing.splitter import parse_kv
+
+    if item[0] not in "{[":  # the same as ansible's own parser, pair for pair
+        assert {str(k): str(v) for k, v in parse_kv(item).items()} == expected
+
+
+def test_extra_vars_empty_items_are_skipped() -> None:
+    assert parse_extra_vars(["", "a=1"]) == {"a": "1"}
+
+
+def test_extra_vars_file_must_be_regular_and_small(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        parse_extra_vars([f"@{fifo}"])  # would block forever if opened blocking
+    big = tmp_path / "big.yml"
+    big.write_text("a: " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match="larger than"):
+        parse_extra_vars([f"@{big}"])
+    with pytest.raises(ConfigError, match=r"regular file|Is a directory"):
+        parse_extra_vars([f"@{tmp_path}"])
+    binary = tmp_path / "bin.yml"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not a UTF-8"):
+        parse_extra_vars([f"@{binary}"])
+
+
+def test_extra_vars_parse_error_does_not_echo_the_value() -> None:
+    with pytest.raises(ConfigError, match="unbalanced") as info:
+        parse_extra_vars(["pw=\"s3cr3t-value"])
+    assert "s3cr3t" not in info.value.message
 
 
 def test_extra_vars_later_items_win() -> None:
@@ -48,9 +101,11 @@ def test_extra_vars_none() -> None:
 
 @pytest.mark.parametrize(("item", "match"), [
     ("a-b=1", "'a-b'"),
-    ("=1", "''"),
+    ("=1", "'=1' is not KEY=VALUE"),
+    ("a=1 junk", "'junk' is not KEY=VALUE"),
+    ("./vars.yml", "looks like a file name"),
     ("1abc=x", "'1abc'"),
-    ("novalue", "is not KEY=VALUE, @FILE or JSON"),
+    ("novalue", "'novalue' is not KEY=VALUE"),
     ('{"a": 1', "is not valid JSON/YAML"),
     ('{"bad-name": 1}', "'bad-name'"),
     ("@/nonexistent/vars.yml", "cannot read vars file"),

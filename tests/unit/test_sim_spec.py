@@ -133,3 +133,15 @@ def test_pack_leaves_out_vcs_and_caches(tmp_path: Path) -> None:
         (tree / rel).write_text("x")
     with tarfile.open(fileobj=io.BytesIO(pack(tree, "k.tar.gz"))) as tar:
         assert tar.getnames() == ["playbooks/web.yml"]
+
+
+def test_sim_boot_e_is_read_as_ansible_reads_it(tmp_path: Path) -> None:
+    # The simulator's -e had the same bug as pullboot run's: 'a=1 b=2' became a="1 b=2".
+    from pullboot.cli import build_parser
+    from pullboot.sim.cli import _spec
+
+    args = build_parser().parse_args(["sim", "boot", "--source", str(tmp_path), "-e",
+                                      "a=1 b='x y'", "-e", '{"n": [1, 2]}'])
+    s = _spec(args)
+    assert dict(s.vars) == {"a": "1", "b": "x y", "n": [1, 2]}
+    assert parse_user_data(s.user_data_bytes())["vars"] == {"a": "1", "b": "x y", "n": [1, 2]}
