@@ -142,7 +142,8 @@ def change_digest(res: Resolution, revision: str | None) -> str:
         "roles": [r.name for r in res.roles], "vars": settings.var_values(),
         "version": __version__,
         "options": {k: settings.get(k) for k in ("run.check", "run.diff", "run.tags",
-                                                 "run.skip_tags", "run.limit")},
+                                                 "run.skip_tags", "run.limit",
+                                                 "run.inventory", "playbooks")},
     }
     blob = json.dumps(material, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()

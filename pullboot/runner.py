@@ -9,10 +9,10 @@ play starts and again at the end, and old artifact dirs are rotated.
 
 from __future__ import annotations
 
-import configparser
 import json
 import logging
 import os
+import platform
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +24,9 @@ from typing import Any, Final
 import yaml
 
 from pullboot.errors import RunError
+from pullboot.playbooks import ansible_cfg_value
 from pullboot.secrets import SecretGuard, scrub_tree
+from pullboot.values import safe_host_stem
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,11 @@ class RunSpec:
     diff: bool = False
     tags: tuple[str, ...] = ()
     skip_tags: tuple[str, ...] = ()
+    # ansible's --limit; the pipeline passes default_limit() when run.limit is unset.
     limit: str | None = None
+    # The tree's inventories (chosen by playbooks.inventories) and inline hosts.
+    inventories: tuple[Path, ...] = ()
+    inventory_hosts: tuple[str, ...] = ()
     verbosity: int = 0
     timeout: int = 0
     keep_artifacts: int = 5
@@ -139,7 +145,10 @@ def _prompt_pty() -> Iterator[None]:
 
 def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
     """The one place that maps a RunSpec to ``ansible_runner.run`` arguments."""
-    cmdline = [*(["--check"] if spec.check else []), *(["--diff"] if spec.diff else []),
+    # -c local like ansible-pull: a host the tree's inventory names (this host's
+    # name in a group) is this machine, never an SSH target.
+    cmdline = ["--connection", "local",
+               *(["--check"] if spec.check else []), *(["--diff"] if spec.diff else []),
                "-e", "@" + str(write_vars_file(spec))]
     kwargs: dict[str, Any] = {
         "private_data_dir": str(spec.private_dir),
@@ -227,20 +236,37 @@ def _entry_playbook(spec: RunSpec) -> Path:
     return wrapper
 
 
+def default_limit(*names: str) -> str:
+    """ansible-pull's default ``--limit``: this host under each name an inventory may use.
+
+    ``localhost``, the given names (fqdn, host name) and ``platform.node()``,
+    each also without its domain, then ``127.0.0.1``. Only DNS host names
+    count: a name that is not one never becomes a host pattern.
+    """
+    node = platform.node()
+    every = [n for name in (*names, node) for n in (name, name.split(".")[0])]
+    safe = [n for n in every if safe_host_stem(n)]
+    return ",".join(dict.fromkeys(["localhost", *safe, "127.0.0.1"]))
+
+
 def _inventories(spec: RunSpec) -> list[Path]:
     # Our localhost comes first so that the tree's own inventory can override it.
-    base = spec.private_dir / "inventory" / "pullboot-localhost.yml"
-    base.parent.mkdir(parents=True, exist_ok=True)
+    folder = spec.private_dir / "inventory"
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / "pullboot-localhost.yml"
     base.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
         "ansible_connection": "local",
         # Discovery can pick a broken shim; the interpreter running us works.
         "ansible_python_interpreter": sys.executable,
     }}}}), encoding="utf-8")
     found = [base]
-    tree_inventory = spec.project_dir / "inventory"
-    if tree_inventory.exists():
-        found.append(tree_inventory)
-    return found
+    listed = folder / "pullboot-hostlist.yml"
+    listed.unlink(missing_ok=True)
+    if spec.inventory_hosts:  # -i web1,web2: ansible's inline list, as a file (no parsing)
+        listed.write_text(yaml.safe_dump({"all": {"hosts": dict.fromkeys(
+            spec.inventory_hosts)}}), encoding="utf-8")
+        found.append(listed)
+    return [*found, *spec.inventories]
 
 
 # Artifacts that hold raw play output while the play runs.
@@ -301,14 +327,7 @@ def _envvars(spec: RunSpec) -> dict[str, str]:
 
 
 def _cfg_sets(cfg: Path, key: str) -> bool:
-    if not cfg.is_file():
-        return False
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        parser.read(cfg, encoding="utf-8")
-    except configparser.Error:
-        return False
-    return parser.has_option("defaults", key)
+    return ansible_cfg_value(cfg, key) is not None
 
 
 def scrub_command_artifact(artifact_dir: Path) -> bool:
