@@ -51,8 +51,10 @@ class RunSpec:
     diff: bool = False
     tags: tuple[str, ...] = ()
     skip_tags: tuple[str, ...] = ()
-    # ansible's --limit; the pipeline passes default_limit() when run.limit is unset.
+    # ansible's --limit; the pipeline passes default_limit() when run.limit is unset,
+    # and says so: then names of this host that no inventory lists are expected.
     limit: str | None = None
+    limit_is_default: bool = False
     # The tree's inventories (chosen by playbooks.inventories) and inline hosts.
     inventories: tuple[Path, ...] = ()
     inventory_hosts: tuple[str, ...] = ()
@@ -322,6 +324,8 @@ def _envvars(spec: RunSpec) -> dict[str, str]:
     if not _cfg_sets(cfg, "roles_path"):
         roles = [spec.project_dir / "roles", spec.project_dir / ".pullboot" / "roles"]
         env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(str(p) for p in roles)
+    if spec.limit_is_default:  # not "Could not match supplied host pattern" every run
+        env["ANSIBLE_HOST_PATTERN_MISMATCH"] = "ignore"
     env.update(spec.envvars)
     return env
 
