@@ -90,6 +90,8 @@ def fetch_release(res: Resolution, *, switch: bool = True,
     if target.is_dir():
         log.info("release %s already present; not exported again", rid)
         os.utime(target)  # keep it newest for pruning
+        if res.settings.get("galaxy.enabled"):  # a version: main requirement may have moved
+            galaxy.refresh(target, cache=res.state.cache / "galaxy")
     else:
         _build_release(res, src, rid)
     if switch:

@@ -353,3 +353,45 @@ def test_requirements_collection_from_the_tree(make_repo: Any, tmp_path: Path,
     assert second.report["source"]["revision"] != first.report["source"]["revision"]
     assert "installed galaxy requirements" not in second.stderr
     assert "unchanged (cached" in second.stderr
+
+
+def test_branch_pinned_git_role_requirement_follows_the_branch(make_repo: Any, tmp_path: Path,
+                                                               out_dir: Path) -> None:
+    def role(text: str) -> dict[str, str]:
+        return {"meta/main.yml": "galaxy_info: {author: t, description: t, license: MIT, "
+                                 "min_ansible_version: '2.9'}\n",
+                "tasks/main.yml": textwrap.dedent(f"""\
+                    - name: mark the role version
+                      ansible.builtin.copy:
+                        dest: "{{{{ out_dir }}}}/role.txt"
+                        content: {text}
+                        mode: "0644"
+                    """)}
+
+    role_repo = make_repo(role("v1"))
+    play = "- hosts: all\n  gather_facts: false\n  roles: [myrole]\n"
+    repo = make_repo({"playbooks/web.yml": play, "requirements.yml": yaml.safe_dump({
+        "roles": [{"src": f"git+file://{role_repo.path}", "version": "main",
+                   "name": "myrole"}]})})
+    args = ("run", "--source", repo.url, "--role", "web", "-e", f"out_dir={out_dir}", "--json")
+    first = run_cli(*args)
+    assert first.rc == 0, first.stderr
+    assert (out_dir / "role.txt").read_text() == "v1"
+
+    role_repo.commit(role("v2"))  # the branch moves; the tree does not
+    second = run_cli(*args)
+    assert second.rc == 0, second.stderr
+    assert second.report["source"]["revision"] == first.report["source"]["revision"]
+    assert "resolve to new commits" in second.stderr
+    assert (out_dir / "role.txt").read_text() == "v2"
+
+    third = run_cli(*args)  # nothing moved: no new install
+    assert third.rc == 0, third.stderr
+    assert "installed galaxy requirements" not in third.stderr
+
+    role_repo.path.rename(tmp_path / "role-gone")  # offline: keep what we have, say so
+    (out_dir / "role.txt").unlink()
+    fourth = run_cli(*args)
+    assert fourth.rc == 0, fourth.stderr
+    assert "could not be checked for updates; using the cached install" in fourth.stderr
+    assert (out_dir / "role.txt").read_text() == "v2"
