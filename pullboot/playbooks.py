@@ -183,17 +183,30 @@ def _cfg_inventories(tree: Path) -> Inventories | None:
     honoured as ansible itself would. Missing entries are skipped with a
     warning, as ansible does.
     """
-    value = ansible_cfg_value(tree / "ansible.cfg", "inventory")
-    if value is None:
+    listed = ansible_cfg_paths(tree, "inventory", sep=",")
+    if listed is None:
         return None
     paths: list[Path] = []
-    for entry in filter(None, (e.strip() for e in value.split(","))):
-        path = tree / os.path.expanduser(entry)
+    for path in listed:
         if path.exists():
             paths.append(path)
         else:
-            log.warning("ansible.cfg inventory %s does not exist in the tree; skipped", entry)
+            log.warning("ansible.cfg inventory %s does not exist; skipped", path)
     return Inventories(paths=tuple(paths), chosen_by="the tree's ansible.cfg")
+
+
+def ansible_cfg_paths(tree: Path, key: str, *, sep: str = os.pathsep) -> list[Path] | None:
+    """The paths ``[defaults] key`` of the tree's ansible.cfg lists, resolved as ansible does.
+
+    ``~`` and ``$VARS`` expanded, relative entries relative to the file's
+    directory (the tree); None when the key is unset. ``sep`` is ``,`` for
+    ansible's pathlist settings (inventory), ``:`` for pathspec ones (roles_path).
+    """
+    value = ansible_cfg_value(tree / "ansible.cfg", key)
+    if value is None:
+        return None
+    entries = (os.path.expandvars(os.path.expanduser(e.strip())) for e in value.split(sep))
+    return [tree / entry for entry in entries if entry]
 
 
 def ansible_cfg_value(cfg: Path, key: str) -> str | None:

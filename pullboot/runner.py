@@ -24,7 +24,7 @@ from typing import Any, Final
 import yaml
 
 from pullboot.errors import RunError
-from pullboot.playbooks import ansible_cfg_value
+from pullboot.playbooks import ansible_cfg_paths
 from pullboot.secrets import SecretGuard, scrub_tree
 from pullboot.values import safe_host_stem
 
@@ -316,22 +316,21 @@ def _envvars(spec: RunSpec) -> dict[str, str]:
     cfg = spec.project_dir / "ansible.cfg"
     if cfg.is_file():
         env["ANSIBLE_CONFIG"] = str(cfg)
+    # These env vars override the tree's ansible.cfg: so they carry its paths too.
     installed = spec.project_dir / ".pullboot" / "collections"
     if installed.is_dir():  # requirements.yml installed into the release
         default = "~/.ansible/collections:/usr/share/ansible/collections"
-        env["ANSIBLE_COLLECTIONS_PATH"] = (
-            f"{installed}{os.pathsep}{os.environ.get('ANSIBLE_COLLECTIONS_PATH', default)}")
-    if not _cfg_sets(cfg, "roles_path"):
-        roles = [spec.project_dir / "roles", spec.project_dir / ".pullboot" / "roles"]
-        env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(str(p) for p in roles)
+        tree_paths = ansible_cfg_paths(spec.project_dir, "collections_path")
+        rest = (os.pathsep.join(str(p) for p in tree_paths) if tree_paths is not None
+                else os.environ.get("ANSIBLE_COLLECTIONS_PATH", default))
+        env["ANSIBLE_COLLECTIONS_PATH"] = f"{installed}{os.pathsep}{rest}"
+    roles = ansible_cfg_paths(spec.project_dir, "roles_path") or [spec.project_dir / "roles"]
+    env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(
+        str(p) for p in [*roles, spec.project_dir / ".pullboot" / "roles"])
     if spec.limit_is_default:  # not "Could not match supplied host pattern" every run
         env["ANSIBLE_HOST_PATTERN_MISMATCH"] = "ignore"
     env.update(spec.envvars)
     return env
-
-
-def _cfg_sets(cfg: Path, key: str) -> bool:
-    return ansible_cfg_value(cfg, key) is not None
 
 
 def scrub_command_artifact(artifact_dir: Path) -> bool:
