@@ -67,3 +67,20 @@ def test_named_playbook_must_be_a_file_inside_the_tree(make_repo: Any, tmp_path:
     assert "playbooks at its root: play-local.yml, site.yml" in run_cli(
         "run", "--source", repo.url, "nope.yml").stderr
     assert not (tmp_path / "out" / "ran.txt").exists()
+
+
+def test_user_data_may_name_playbooks_and_inventory_tags_may_not(make_repo: Any, make_imds: Any,
+                                                                 out_dir: Path) -> None:
+    repo = make_repo({**_tree(), "hosts.ini": "[webservers]\nweb9.invalid\n"})
+    make_imds(user_data=(f"#cloud-config\npullboot:\n  source: {repo.url}\n"
+                         "  playbooks: [site.yml]\n  run: {inventory: [hosts.ini]}\n").encode())
+    res = run_cli("run", "-e", f"out_dir={out_dir}", "--json")
+    assert res.rc == 0, res.stderr
+    assert res.report["playbooks"] == ["site.yml"]
+    assert res.report["settings"]["playbooks"]["origin"] == "user-data"
+    assert set(res.report["stats"]) == {"localhost"}  # web9.invalid is not this host
+    for key in ("playbooks", "run.inventory"):
+        make_imds(tags={"pullboot:role": "web", f"pullboot:{key}": "site.yml"})
+        refused = run_cli("run", "--source", repo.url, "--json")
+        assert refused.rc == 2, refused.stderr
+        assert f"setting '{key}' from imds-tag:pullboot:{key} is refused" in refused.stderr
