@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from pullboot.errors import InventoryError, PlaybookError
-from pullboot.values import check_inventory, check_tree_path, safe_host_stem
+from pullboot.values import safe_host_stem
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ def named(tree: Path, names: Sequence[str]) -> tuple[Path, ...]:
     found: list[Path] = []
     missing: list[str] = []
     for name in names:
-        path = in_tree(tree, check_tree_path(name))
+        # Shapes were checked when the setting was read (values.check_tree_path);
+        # in_tree is the last line, for links in the tree.
+        path = in_tree(tree, name)
         if path is None or not path.is_file():
             missing.append(name)
         else:
@@ -155,8 +157,7 @@ def _named_inventories(tree: Path, names: Sequence[str]) -> Inventories:
     paths: list[Path] = []
     hosts: list[str] = []
     missing: list[str] = []
-    for name in names:
-        check_inventory(name)
+    for name in names:  # shapes checked when read (values.check_inventory)
         if "," in name:
             hosts.extend(h.strip() for h in name.split(",") if h.strip())
             continue
