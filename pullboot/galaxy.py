@@ -191,7 +191,8 @@ def _ls_remote(url: str, version: str) -> list[str] | None:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=LS_REMOTE_TIMEOUT_S,
                               stdin=subprocess.DEVNULL, check=False,
-                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+                              env={"GIT_SSH_COMMAND": "ssh -o BatchMode=yes", **os.environ,
+                                   "GIT_TERMINAL_PROMPT": "0"})
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.debug("git ls-remote %s failed: %s", url, exc)
         return None
