@@ -114,6 +114,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", metavar="REF", help="git branch, tag or commit sha")
     p.add_argument("--role", metavar="NAME", action="append", dest="roles",
                    help="role to run (repeatable; or comma-separated)")
+    p.add_argument("-i", "--inventory", action="append", metavar="PATH|HOSTS,", dest="inventory",
+                   help="inventory in the tree (repeatable; like ansible-pull -i; default: the "
+                   "tree's ansible.cfg inventory, else inventory/, else hosts[.ini])")
+    p.add_argument("--playbook", action="append", metavar="PATH", dest="playbook_opts",
+                   default=[], help="playbook in the tree to run (repeatable; same as the "
+                   "positional PLAYBOOK)")
+    p.add_argument("playbooks", nargs="*", metavar="PLAYBOOK",
+                   help="playbooks to run, relative to the tree (like ansible-pull's "
+                   "playbook.yml); default: playbooks/<role>.yml, else the fallbacks")
     p.add_argument("-e", "--extra-vars", metavar="'K=V K2=V2'|@FILE|JSON", action="append",
                    default=[], help="extra vars for the play, as ansible-playbook -e reads "
                    "them (repeatable)")
@@ -189,6 +198,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out.write(f"revision   {src.revision}\n")
     out.write(f"current    {result.current_release or '(none)'}\n")
     out.write(f"playbooks  {', '.join(result.playbooks)}\n")
+    out.write(f"inventory  {', '.join(['localhost', *result.inventory])} "
+              f"({result.inventory_from}); limit {result.limit}\n")
     for name, origin in result.vars.items():
         out.write(f"var        {name}  <- {origin}\n")
     for key, item in result.settings.items():
@@ -322,6 +333,11 @@ def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
         cli["vault_ids"] = list(args.vault_ids)
     if args.roles:
         cli["roles"] = [r.strip() for item in args.roles for r in item.split(",")]
+    if getattr(args, "inventory", None):
+        cli["run.inventory"] = list(args.inventory)
+    books = [*getattr(args, "playbook_opts", []), *getattr(args, "playbooks", [])]
+    if books:
+        cli["playbooks"] = books
     for attr, key in (("tags", "run.tags"), ("skip_tags", "run.skip_tags")):
         if getattr(args, attr, None):
             cli[key] = [t.strip() for item in getattr(args, attr) for t in item.split(",")]
@@ -397,6 +413,8 @@ def _render_report(report: Any, path: Path | None, out: TextIO) -> None:
     if report.stats:
         totals = report.totals()
         out.write("  stats      " + " ".join(f"{k}={v}" for k, v in totals.items()) + "\n")
+    for warning in report.warnings:
+        out.write(f"  warning    {warning}\n")
     for failure in report.failures:
         out.write(f"  FAILED     {failure['task']} [{failure['host']}]: {failure['message']}\n")
     if report.error:

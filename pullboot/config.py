@@ -59,6 +59,9 @@ _BASE_SCHEMA: Final[tuple[Option, ...]] = (
            tier=LAUNCH),
     Option("ref", "opt-str", None, "git branch, tag or sha (default: the remote's HEAD)",
            tier=LAUNCH),
+    Option("playbooks", "list", [], "playbooks to run, relative to the tree (like "
+           "ansible-pull's playbook.yml arguments); default: by role, else the fallbacks",
+           tier=LAUNCH),
     Option("roles", "list", [], "roles to run, in order (role: web, or roles: [base, web])",
            tier=TAG),
     Option("role_tag", "str", "pullboot:role", "instance tag that names the role(s)",
@@ -84,7 +87,11 @@ _BASE_SCHEMA: Final[tuple[Option, ...]] = (
     Option("run.diff", "bool", False, "ansible diff mode", tier=LAUNCH),
     Option("run.tags", "list", [], "only run tasks with these tags", tier=LAUNCH),
     Option("run.skip_tags", "list", [], "skip tasks with these tags", tier=LAUNCH),
-    Option("run.limit", "opt-str", None, "limit the play to these hosts", tier=LAUNCH),
+    Option("run.limit", "opt-str", None, "limit the play to these hosts (default: this host, "
+           "as ansible-pull: localhost, its host names, 127.0.0.1)", tier=LAUNCH),
+    Option("run.inventory", "list", [], "inventories in the tree (paths relative to it, or a "
+           "host list like 'localhost,'); default: the tree's ansible.cfg inventory, else "
+           "inventory/, else hosts[.ini|.yml]", tier=LAUNCH),
     Option("run.verbosity", "int", 0, "ansible verbosity (0-4)", tier=LAUNCH),
     Option("run.timeout", "int", 0, "job timeout in seconds (0: none)", tier=LAUNCH),
     Option("run.keep_artifacts", "int", 5, "ansible-runner artifact dirs kept"),
@@ -308,6 +315,9 @@ _HINTS: Final = {
     "source": "use a directory, file:///path, git+https://host/repo.git, git+ssh://host/repo, "
               "git://host/repo or s3://bucket/key.tar.gz",
     "run.limit": "a host pattern is a plain word, e.g. limit: localhost",
+    "run.inventory": "name inventories relative to the fetched tree, e.g. inventory: [hosts.ini] "
+                     "(or a host list: inventory: ['localhost,'])",
+    "playbooks": "name playbooks relative to the fetched tree, e.g. playbooks: [site.yml]",
     "run.tags": "tag names are plain words, e.g. tags: [web, config]",
     "run.skip_tags": "tag names are plain words, e.g. skip_tags: [slow]",
 }

@@ -106,7 +106,11 @@ class AuthError(SourceError):
 
 
 class PlaybookError(SourceError):
-    """The fetched tree has no playbook for a resolved role."""
+    """The fetched tree has no playbook for a resolved role, or none of a named one."""
+
+
+class InventoryError(SourceError):
+    """An inventory named by -i / run.inventory is not in the fetched tree."""
 
 
 class RunError(PullbootError):

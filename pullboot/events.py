@@ -206,6 +206,8 @@ class EventRecorder:
             self._keep_error_text(event.get("stdout"))
         elif name == "playbook_on_stats":
             self._add_stats(data)
+        elif name == "playbook_on_no_hosts_matched":
+            self._no_hosts(data)
         elif name in ("runner_on_failed", "runner_on_unreachable") and not data.get(
                 "ignore_errors"):
             self.failures.append(Failure(
@@ -227,6 +229,16 @@ class EventRecorder:
         elif not self.error_text or len(self.error_text) >= MAX_ERROR_TEXT:
             return
         self.error_text = (self.error_text + line + "\n")[:MAX_ERROR_TEXT]
+
+    def _no_hosts(self, data: Mapping[str, Any]) -> None:
+        # ansible skips such a play and still exits 0: say so, or a group play
+        # whose inventory was not found "succeeds" having done nothing.
+        message = self._redact(
+            f"play {data.get('play') or '(unnamed)'!r} matched no hosts (hosts: "
+            f"{data.get('play_pattern')}) and was skipped: check the inventory "
+            "(-i / run.inventory) and the limit (run.limit; default: this host)")
+        self.warnings.append(message)
+        log.warning("%s", message)
 
     def _add_stats(self, data: Mapping[str, Any]) -> None:
         for src, dst in STAT_KEYS.items():

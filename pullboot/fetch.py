@@ -102,6 +102,8 @@ def fetch_release(res: Resolution, *, switch: bool = True,
     if target.is_dir():
         log.info("release %s already present; not exported again", rid)
         os.utime(target)  # keep it newest for pruning
+        if res.settings.get("galaxy.enabled"):  # a version: main requirement may have moved
+            galaxy.refresh(target, cache=res.state.cache / "galaxy")
     else:
         _build_release(res, src, rid)
     if switch:
@@ -154,7 +156,8 @@ def change_digest(res: Resolution, revision: str | None) -> str:
         "roles": [r.name for r in res.roles], "vars": settings.var_values(),
         "version": __version__,
         "options": {k: settings.get(k) for k in ("run.check", "run.diff", "run.tags",
-                                                 "run.skip_tags", "run.limit")},
+                                                 "run.skip_tags", "run.limit",
+                                                 "run.inventory", "playbooks")},
     }
     blob = json.dumps(material, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()

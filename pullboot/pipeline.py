@@ -33,6 +33,7 @@ from pullboot.model import (
     RunStatus,
     SourceInfo,
 )
+from pullboot.playbooks import Inventories
 from pullboot.state import StateDir, new_run_id
 from pullboot.trust import Policy
 from pullboot.userdata import parse_user_data
@@ -116,6 +117,8 @@ def run(req: Request) -> RunResult:
         _check_cancel(req)
         books = _select(res, release.tree)
         ctx.playbooks = [str(p.relative_to(release.tree)) for p in books]
+        ctx.inventories = _inventories(res, release.tree)
+        ctx.limit = _limit(res)
         return _run_play(req, ctx, res, release, books)
     except PullbootError as exc:
         status = RunStatus.CANCELED if isinstance(exc, Canceled) else RunStatus.ERROR
@@ -140,8 +143,9 @@ def _run_play(req: Request, ctx: _RunContext, res: Resolution, release: Release,
         playbooks=books, extravars=extravars, data_vars=data_vars,
         check=settings.get("run.check"), diff=settings.get("run.diff"),
         tags=tuple(settings.get("run.tags")), skip_tags=tuple(settings.get("run.skip_tags")),
-        limit=settings.get("run.limit"), vault_ids=ctx.vault_ids,
-        verbosity=settings.get("run.verbosity"),
+        limit=ctx.limit, limit_is_default=not settings.get("run.limit"),
+        inventories=ctx.inventories.paths, vault_ids=ctx.vault_ids,
+        inventory_hosts=ctx.inventories.hosts, verbosity=settings.get("run.verbosity"),
         timeout=settings.get("run.timeout"), keep_artifacts=settings.get("run.keep_artifacts"),
         envvars=req.secrets.env, guard=req.secrets,
     )
@@ -237,6 +241,10 @@ class Plan:
     reason: str
     # The trust policy in force: what tags and user-data may set.
     trust: dict[str, list[str]] = field(default_factory=dict)
+    # The tree's inventories (beside pullboot's localhost), why, and the limit in force.
+    inventory: list[str] = field(default_factory=list)
+    inventory_from: str = ""
+    limit: str = ""
 
 
 def plan(req: Request) -> Plan:
@@ -252,6 +260,7 @@ def plan(req: Request) -> Plan:
     current = res.state.current_release()
     release = fetch.fetch_release(res, switch=False)
     books = _select(res, release.tree)
+    chosen = _inventories(res, release.tree)
     would_run, reason = _would_run(res, release.info)
     shown = {k: {"value": r.value, "origin": r.origin} for k, r in res.settings.resolved.items()
              if k != "vars"}  # every setting, defaults included
@@ -262,6 +271,8 @@ def plan(req: Request) -> Plan:
         source=release.info, current_release=current,
         playbooks=[str(p.relative_to(release.tree)) for p in books],
         would_run=would_run, reason=reason, trust=policy_summary(res.settings.policy),
+        inventory=chosen.shown(release.tree),
+        inventory_from=chosen.chosen_by, limit=_limit(res),
     )
 
 
@@ -301,6 +312,8 @@ class _RunContext:
     run_dir: Path | None = None
     source: SourceInfo = field(default_factory=SourceInfo)
     playbooks: list[str] = field(default_factory=list)
+    inventories: Inventories = field(default_factory=Inventories)
+    limit: str | None = None
     events_file: str | None = None
     recorder: EventRecorder | None = None
     warnings: list[str] = field(default_factory=list)
@@ -343,7 +356,7 @@ def _report(ctx: _RunContext, *, status: RunStatus, exit_code: int,
         failures=[vars(f) for f in rec.failures] if rec else [],
         events_file=ctx.events_file, event_count=rec.count if rec else 0,
         vars={n: r.origin for n, r in res.settings.vars.items()} if res else {},
-        error=_error_dict(error), options=_options(res), pullboot_version=__version__,
+        error=_error_dict(error), options=_options(res, ctx.limit), pullboot_version=__version__,
         warnings=ctx.warnings + (rec.warnings if rec else []),
         sequence=res.state.sequence_of(ctx.run_dir) if res and ctx.run_dir else 0,
         settings=shown_settings(res.settings) if res else {},
@@ -386,14 +399,24 @@ def _error_dict(error: PullbootError | None) -> dict[str, Any] | None:
     return out
 
 
-def _options(res: Resolution | None) -> dict[str, Any]:
+def _options(res: Resolution | None, limit: str | None) -> dict[str, Any]:
     if res is None:
         return {}
     keys = ("run.check", "run.diff", "run.tags", "run.skip_tags", "run.limit")
-    return {k.split(".", 1)[1]: res.settings.get(k) for k in keys}
+    options = {k.split(".", 1)[1]: res.settings.get(k) for k in keys}
+    if limit is not None:  # the limit in force, the default included
+        options["limit"] = limit
+    return options
 
 
 def _select(res: Resolution, tree: Path) -> tuple[Path, ...]:
+    names = res.settings.get("playbooks")
+    if names:
+        if res.roles:
+            log.info("playbooks named (%s): running them; roles %s reach the play as "
+                     "pullboot.roles", res.settings.origin("playbooks"),
+                     ", ".join(r.name for r in res.roles))
+        return playbooks.named(tree, names)
     if res.roles:
         return playbooks.for_roles(tree, [r.name for r in res.roles])
     book = playbooks.fallback(tree, fqdn=res.identity.fqdn, hostname=res.identity.hostname)
@@ -401,10 +424,28 @@ def _select(res: Resolution, tree: Path) -> tuple[Path, ...]:
         looked = _places_looked(res.settings, res.identity, None, None)
         roles.resolve_roles(res.settings, looked=[
             *looked, f"fallback playbooks: no {res.identity.fqdn}.yml, "
-            f"{res.identity.hostname}.yml or local.yml in the source"])
+            f"{res.identity.hostname}.yml or local.yml in the source, and no playbook named "
+            "(pullboot run site.yml, or the playbooks setting)"])
         raise AssertionError("unreachable: resolve_roles raises without roles")
     log.info("no role resolved; running fallback playbook %s", book.name)
     return (book,)
+
+
+def _inventories(res: Resolution, tree: Path) -> Inventories:
+    chosen = playbooks.inventories(tree, res.settings.get("run.inventory"))
+    log.info("inventory: localhost%s (%s)", "".join(f", {s}" for s in chosen.shown(tree)),
+             chosen.chosen_by)
+    return chosen
+
+
+def _limit(res: Resolution) -> str:
+    """run.limit, else ansible-pull's default: this host under each of its names."""
+    from pullboot.runner import default_limit
+
+    limit = res.settings.get("run.limit")
+    if limit:
+        return str(limit)
+    return default_limit(res.identity.fqdn, res.identity.hostname)
 
 
 def _extravars(ctx: _RunContext, res: Resolution) -> tuple[dict[str, Any], frozenset[str]]:

@@ -9,10 +9,10 @@ play starts and again at the end, and old artifact dirs are rotated.
 
 from __future__ import annotations
 
-import configparser
 import json
 import logging
 import os
+import platform
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +25,9 @@ import yaml
 
 from pullboot.atomic import write_atomic, write_json_atomic
 from pullboot.errors import RunError
+from pullboot.playbooks import ansible_cfg_paths
 from pullboot.secrets import SecretGuard, scrub_tree
+from pullboot.values import safe_host_stem
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,15 @@ class RunSpec:
     diff: bool = False
     tags: tuple[str, ...] = ()
     skip_tags: tuple[str, ...] = ()
+    # ansible's --limit; the pipeline passes default_limit() when run.limit is unset,
+    # and says so: then names of this host that no inventory lists are expected.
     limit: str | None = None
     # ``[label@]/abs/path`` for ``--vault-id``: ansible reads the password file itself.
     vault_ids: tuple[str, ...] = ()
+    limit_is_default: bool = False
+    # The tree's inventories (chosen by playbooks.inventories) and inline hosts.
+    inventories: tuple[Path, ...] = ()
+    inventory_hosts: tuple[str, ...] = ()
     verbosity: int = 0
     timeout: int = 0
     keep_artifacts: int = 5
@@ -142,7 +150,10 @@ def _prompt_pty() -> Iterator[None]:
 
 def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
     """The one place that maps a RunSpec to ``ansible_runner.run`` arguments."""
-    cmdline = [*(["--check"] if spec.check else []), *(["--diff"] if spec.diff else []),
+    # -c local like ansible-pull: a host the tree's inventory names (this host's
+    # name in a group) is this machine, never an SSH target.
+    cmdline = ["--connection", "local",
+               *(["--check"] if spec.check else []), *(["--diff"] if spec.diff else []),
                *(arg for vault_id in spec.vault_ids for arg in ("--vault-id", vault_id)),
                "-e", "@" + str(write_vars_file(spec))]
     kwargs: dict[str, Any] = {
@@ -234,20 +245,37 @@ def _entry_playbook(spec: RunSpec) -> Path:
     return wrapper
 
 
+def default_limit(*names: str) -> str:
+    """ansible-pull's default ``--limit``: this host under each name an inventory may use.
+
+    ``localhost``, the given names (fqdn, host name) and ``platform.node()``,
+    each also without its domain, then ``127.0.0.1``. Only DNS host names
+    count: a name that is not one never becomes a host pattern.
+    """
+    node = platform.node()
+    every = [n for name in (*names, node) for n in (name, name.split(".")[0])]
+    safe = [n for n in every if safe_host_stem(n)]
+    return ",".join(dict.fromkeys(["localhost", *safe, "127.0.0.1"]))
+
+
 def _inventories(spec: RunSpec) -> list[Path]:
     # Our localhost comes first so that the tree's own inventory can override it.
-    base = spec.private_dir / "inventory" / "pullboot-localhost.yml"
-    base.parent.mkdir(parents=True, exist_ok=True)
+    folder = spec.private_dir / "inventory"
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / "pullboot-localhost.yml"
     base.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": {
         "ansible_connection": "local",
         # Discovery can pick a broken shim; the interpreter running us works.
         "ansible_python_interpreter": sys.executable,
     }}}}), encoding="utf-8")
     found = [base]
-    tree_inventory = spec.project_dir / "inventory"
-    if tree_inventory.exists():
-        found.append(tree_inventory)
-    return found
+    listed = folder / "pullboot-hostlist.yml"
+    listed.unlink(missing_ok=True)
+    if spec.inventory_hosts:  # -i web1,web2: ansible's inline list, as a file (no parsing)
+        listed.write_text(yaml.safe_dump({"all": {"hosts": dict.fromkeys(
+            spec.inventory_hosts)}}), encoding="utf-8")
+        found.append(listed)
+    return [*found, *spec.inventories]
 
 
 # Artifacts that hold raw play output while the play runs.
@@ -295,27 +323,21 @@ def _envvars(spec: RunSpec) -> dict[str, str]:
     cfg = spec.project_dir / "ansible.cfg"
     if cfg.is_file():
         env["ANSIBLE_CONFIG"] = str(cfg)
+    # These env vars override the tree's ansible.cfg: so they carry its paths too.
     installed = spec.project_dir / ".pullboot" / "collections"
     if installed.is_dir():  # requirements.yml installed into the release
         default = "~/.ansible/collections:/usr/share/ansible/collections"
-        env["ANSIBLE_COLLECTIONS_PATH"] = (
-            f"{installed}{os.pathsep}{os.environ.get('ANSIBLE_COLLECTIONS_PATH', default)}")
-    if not _cfg_sets(cfg, "roles_path"):
-        roles = [spec.project_dir / "roles", spec.project_dir / ".pullboot" / "roles"]
-        env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(str(p) for p in roles)
+        tree_paths = ansible_cfg_paths(spec.project_dir, "collections_path")
+        rest = (os.pathsep.join(str(p) for p in tree_paths) if tree_paths is not None
+                else os.environ.get("ANSIBLE_COLLECTIONS_PATH", default))
+        env["ANSIBLE_COLLECTIONS_PATH"] = f"{installed}{os.pathsep}{rest}"
+    roles = ansible_cfg_paths(spec.project_dir, "roles_path") or [spec.project_dir / "roles"]
+    env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(
+        str(p) for p in [*roles, spec.project_dir / ".pullboot" / "roles"])
+    if spec.limit_is_default:  # not "Could not match supplied host pattern" every run
+        env["ANSIBLE_HOST_PATTERN_MISMATCH"] = "ignore"
     env.update(spec.envvars)
     return env
-
-
-def _cfg_sets(cfg: Path, key: str) -> bool:
-    if not cfg.is_file():
-        return False
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        parser.read(cfg, encoding="utf-8")
-    except configparser.Error:
-        return False
-    return parser.has_option("defaults", key)
 
 
 def scrub_command_artifact(artifact_dir: Path) -> bool:

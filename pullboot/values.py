@@ -11,6 +11,7 @@ same answer, before anything is fetched.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import Final
@@ -106,6 +107,70 @@ def safe_host_stem(name: str) -> str | None:
     return name if all(_HOST_LABEL_RE.fullmatch(label) for label in labels) else None
 
 
+MAX_TREE_PATHS: Final = 64
+MAX_TREE_PATH: Final = 1024
+
+
+def check_tree_path(value: str) -> str:
+    """A path relative to the fetched tree (a playbook, an inventory): never outside it.
+
+    Refuses what could leave the tree or act as anything but a path: an
+    absolute path, a ``..`` part, a leading ``-`` (an option), ``~``, control
+    characters. Links inside the tree are checked again when the path is used
+    (:func:`pullboot.playbooks.in_tree`).
+    """
+    if not value or len(value) > MAX_TREE_PATH:
+        raise ValueError(f"a path in the tree must hold 1 to {MAX_TREE_PATH} characters")
+    if _CONTROL_RE.sub("", value.replace(" ", "")) != value.replace(" ", ""):
+        raise ValueError(f"{value[:80]!r} holds a control character")
+    if value.startswith("-"):
+        raise ValueError(f"{value[:80]!r} starts with '-' (a program would read it as an "
+                         "option)")
+    if value.startswith(("/", "~", "\\")):
+        raise ValueError(f"{value[:80]!r} is not relative to the fetched tree")
+    if ".." in value.replace("\\", "/").split("/"):
+        raise ValueError(f"{value[:80]!r} holds '..' (it could leave the fetched tree)")
+    return value
+
+
+def check_inventory(value: str) -> str:
+    """An inventory: a path in the tree, or (holding a ``,``) ansible's inline host list.
+
+    Like ``ansible-playbook -i``: ``localhost,`` or ``web1,web2`` names hosts,
+    which must then be DNS host names or IP addresses (never a pattern or an
+    option); anything else is a path relative to the tree.
+    """
+    if "," not in value:
+        return check_tree_path(value)
+    for name in filter(None, (part.strip() for part in value.split(","))):
+        if safe_host_stem(name) is None and not _is_ip(name):
+            raise ValueError(f"{name[:80]!r} in the host list {value[:80]!r} is not a host "
+                             "name or an IP address")
+    return value
+
+
+def check_inventories(values: list[str]) -> list[str]:
+    """:func:`check_inventory` for each item, at most MAX_TREE_PATHS."""
+    if len(values) > MAX_TREE_PATHS:
+        raise ValueError(f"more than {MAX_TREE_PATHS} inventories")
+    return [check_inventory(v) for v in values]
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def check_tree_paths(values: list[str]) -> list[str]:
+    """:func:`check_tree_path` for each item of a list setting, at most MAX_TREE_PATHS."""
+    if len(values) > MAX_TREE_PATHS:
+        raise ValueError(f"more than {MAX_TREE_PATHS} paths")
+    return [check_tree_path(v) for v in values]
+
+
 # setting key -> the check its (coerced, non-None) value must pass
 VALIDATORS: Final[dict[str, Callable[..., object]]] = {
     "ref": check_git_ref,
@@ -113,4 +178,6 @@ VALIDATORS: Final[dict[str, Callable[..., object]]] = {
     "run.limit": check_word,
     "run.tags": check_words,
     "run.skip_tags": check_words,
+    "run.inventory": check_inventories,
+    "playbooks": check_tree_paths,
 }

@@ -353,3 +353,86 @@ def test_requirements_collection_from_the_tree(make_repo: Any, tmp_path: Path,
     assert second.report["source"]["revision"] != first.report["source"]["revision"]
     assert "installed galaxy requirements" not in second.stderr
     assert "unchanged (cached" in second.stderr
+
+
+def test_branch_pinned_git_role_requirement_follows_the_branch(make_repo: Any, tmp_path: Path,
+                                                               out_dir: Path) -> None:
+    def role(text: str) -> dict[str, str]:
+        return {"meta/main.yml": "galaxy_info: {author: t, description: t, license: MIT, "
+                                 "min_ansible_version: '2.9'}\n",
+                "tasks/main.yml": textwrap.dedent(f"""\
+                    - name: mark the role version
+                      ansible.builtin.copy:
+                        dest: "{{{{ out_dir }}}}/role.txt"
+                        content: {text}
+                        mode: "0644"
+                    """)}
+
+    role_repo = make_repo(role("v1"))
+    play = "- hosts: all\n  gather_facts: false\n  roles: [myrole]\n"
+    repo = make_repo({"playbooks/web.yml": play, "requirements.yml": yaml.safe_dump({
+        "roles": [{"src": f"git+file://{role_repo.path}", "version": "main",
+                   "name": "myrole"}]})})
+    args = ("run", "--source", repo.url, "--role", "web", "-e", f"out_dir={out_dir}", "--json")
+    first = run_cli(*args)
+    assert first.rc == 0, first.stderr
+    assert (out_dir / "role.txt").read_text() == "v1"
+
+    role_repo.commit(role("v2"))  # the branch moves; the tree does not
+    second = run_cli(*args)
+    assert second.rc == 0, second.stderr
+    assert second.report["source"]["revision"] == first.report["source"]["revision"]
+    assert "resolve to new commits" in second.stderr
+    assert (out_dir / "role.txt").read_text() == "v2"
+
+    third = run_cli(*args)  # nothing moved: no new install
+    assert third.rc == 0, third.stderr
+    assert "installed galaxy requirements" not in third.stderr
+
+    role_repo.path.rename(tmp_path / "role-gone")  # offline: keep what we have, say so
+    (out_dir / "role.txt").unlink()
+    fourth = run_cli(*args)
+    assert fourth.rc == 0, fourth.stderr
+    assert "could not be checked for updates; using the cached install" in fourth.stderr
+    assert (out_dir / "role.txt").read_text() == "v2"
+
+
+def test_galaxy_installs_join_the_trees_own_roles_and_collections_paths(
+        make_repo: Any, tmp_path: Path, out_dir: Path) -> None:
+    # pullboot's ANSIBLE_ROLES_PATH / ANSIBLE_COLLECTIONS_PATH override ansible.cfg, so they
+    # must carry the tree's roles_path / collections_path besides the galaxy installs.
+    tarball = _collection_tarball(tmp_path)
+    role_repo = make_repo({
+        "meta/main.yml": "galaxy_info: {author: t, description: t, license: MIT, "
+                         "min_ansible_version: '2.9'}\n",
+        "tasks/main.yml": "- name: from galaxy\n  ansible.builtin.debug: {msg: galaxy}\n"})
+    play = textwrap.dedent("""\
+        - hosts: all
+          gather_facts: false
+          roles: [localrole, myrole]
+          tasks:
+            - name: use both collections
+              ansible.builtin.copy:
+                dest: "{{ out_dir }}/both.txt"
+                content: "{{ 'a' | pullboot_test.demo.shout }} {{ 'B' | pullboot_test.mine.low }}"
+                mode: "0644"
+        """)
+    repo = make_repo({
+        "playbooks/web.yml": play,
+        "ansible.cfg": "[defaults]\nroles_path = myroles\ncollections_path = ./colls\n",
+        "myroles/localrole/tasks/main.yml": "- name: local\n  ansible.builtin.debug: {msg: x}\n",
+        "colls/ansible_collections/pullboot_test/mine/plugins/filter/low.py":
+            "class FilterModule:\n    def filters(self):\n"
+            "        return {'low': lambda s: str(s).lower()}\n",
+        "requirements.yml": yaml.safe_dump({
+            "collections": [{"name": f"collections/{tarball.name}", "type": "file"}],
+            "roles": [{"src": f"git+file://{role_repo.path}", "version": "main",
+                       "name": "myrole"}]}),
+    })
+    (repo.path / "collections").mkdir()
+    (repo.path / "collections" / tarball.name).write_bytes(tarball.read_bytes())
+    repo.commit({}, "add the tarball")
+    res = run_cli("run", "--source", repo.url, "--role", "web", "-e", f"out_dir={out_dir}",
+                  "--json")
+    assert res.rc == 0, res.stderr
+    assert (out_dir / "both.txt").read_text() == "A! b"
