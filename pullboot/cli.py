@@ -447,10 +447,10 @@ def _report_error(path: Any) -> str | None:
     """The error message of the report at ``path`` (our own file), if it has one."""
     if not isinstance(path, str):
         return None
-    try:
-        error = json.loads(Path(path).read_text(encoding="utf-8")).get("error")
-    except (OSError, ValueError, AttributeError):
-        return None
+    from pullboot.atomic import read_json  # the one tolerant reader: no FIFO, no symlink
+
+    report = read_json(Path(path), dict, what="run report", warn=False)
+    error = (report or {}).get("error")
     return str(error.get("message")) if isinstance(error, Mapping) else None
 
 

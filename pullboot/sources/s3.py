@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import os
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pullboot.atomic import write_json_atomic
+from pullboot.atomic import read_json, write_json_atomic
 from pullboot.errors import AuthError, ConfigError, IntegrityError, SourceError
 from pullboot.errors import TransientSourceError as Transient
 from pullboot.sources.base import Source, register
@@ -390,11 +389,8 @@ def load_public_key(spec: str) -> Any:
 
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    # The one tolerant reader: a damaged cache entry is "not cached", never a hang or a crash.
+    return read_json(path, dict, what="S3 cache metadata")
 
 
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:
