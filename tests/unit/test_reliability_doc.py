@@ -34,3 +34,10 @@ def test_every_named_test_exists() -> None:
             if not re.search(rf"^def {match['name']}\(", source, re.M):
                 missing.append(f"{current.relative_to(REPO)}::{match['name']}")
     assert missing == []
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    # tests/unit and tests/integration are rootdir-relative (no __init__.py): two modules of
+    # one basename fail collection of the whole suite ("import file mismatch").
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
