@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,20 +78,8 @@ def test_sigterm_ends_a_hung_git_fetch_promptly(tmp_path: Path, blackhole: Black
         [sys.executable, "-m", "pullboot", "run", "--source",
          f"git://127.0.0.1:{blackhole.port}/repo.git", "--role", "web", "--json"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert blackhole.connected.wait(60), "git never connected"
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    took = _sigterm_once(proc, ready=lambda: blackhole.connected.wait(60))
     assert took < 10, f"SIGTERM took {took:.1f}s to end the run"
-    assert proc.returncode == 5, err
-    assert json.loads(out)["status"] == "canceled"
-    assert "Traceback" not in err
 
 
 def _bundle(size: int) -> bytes:
@@ -192,30 +181,36 @@ def test_sigterm_ends_the_wait_for_imds_promptly(tmp_path: Path,
         proc = subprocess.Popen([sys.executable, "-m", "pullboot", "run", "--source",
                                  str(tmp_path), "--role", "web", "--json"], cwd=REPO,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            _wait_for_phase(status, "resolve", proc)
-            sent = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
-            took = time.monotonic() - sent
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        took = _sigterm_once(proc, ready=lambda: _wait_for_phase(status, "resolve", proc))
     assert took < 10, f"SIGTERM took {took:.1f}s to end the IMDS wait"
+
+
+def _sigterm_once(proc: subprocess.Popen[str], *, ready: Callable[[], bool]) -> float:
+    """Once ``ready()`` holds, SIGTERM the run; seconds it took to end as canceled (exit 5)."""
+    try:
+        assert ready(), "the run never reached the wait it should be in"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 5, err
     assert json.loads(out)["status"] == "canceled"
     assert "Traceback" not in err
+    return took
 
 
-def _wait_for_phase(status: Path, phase: str, proc: subprocess.Popen[str]) -> None:
+def _wait_for_phase(status: Path, phase: str, proc: subprocess.Popen[str]) -> bool:
     """Poll the live status file for ``phase`` (a condition with a deadline, not a sleep)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, "pullboot ended early"
         try:
             if json.loads(status.read_text()).get("phase") == phase:
-                return
+                return True
         except (OSError, ValueError):
             pass
         time.sleep(0.05)
