@@ -56,6 +56,32 @@ class _Input:
         return self.error(f"{self.what} {problem}", hint=self.hint)
 
 
+class DataLoader(yaml.SafeLoader):
+    """SafeLoader that builds only JSON's kinds of value: mappings, lists, strings, numbers,
+    booleans and null.
+
+    ``!!set``, ``!!binary``, ``!!omap``, ``!!pairs`` and timestamps make Python types
+    (set, bytes, date) that nothing downstream expects and that a walker listing the
+    types it knows can miss: a ``!!set`` of strings once slipped past the ``!unsafe``
+    marking of launch parameters. Timestamps stay the strings they were written as.
+    """
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(
+        None, None, f"the YAML tag {node.tag!r} is not allowed here: use plain mappings, "
+        "lists, strings, numbers, booleans and null", node.start_mark)
+
+
+for _tag in ("set", "binary", "omap", "pairs"):
+    DataLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
+def _timestamp_as_text(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+DataLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
+
+
 def load_yaml(text: str | bytes, *, what: str, error: type[PullbootError],
               limits: Limits = DEFAULT, hint: str = HINT) -> Any:
     """Parse one YAML document within ``limits``.
@@ -68,7 +94,7 @@ def load_yaml(text: str | bytes, *, what: str, error: type[PullbootError],
     doc = _Input(what, error, limits, hint)
     _check_size(text, doc)
     _check_events(text, doc)
-    loader = yaml.SafeLoader(text)
+    loader = DataLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -106,6 +106,9 @@ _BASE_SCHEMA: Final[tuple[Option, ...]] = (
            "use (explicit opt-in)"),
     Option("git.token", "opt-str", None, "HTTPS token: ssm:NAME, secretsmanager:ID or env:VAR"),
     Option("git.token_user", "str", "x-access-token", "user name sent with the HTTPS token"),
+    Option("git.credential_hosts", "list", [], "servers that may receive git.token / "
+           "git.ssh_key when the source comes from user-data (default: only a source the "
+           "host set itself)"),
     Option("git.verify_commit", "bool", False, "refuse commits without an allowed signature"),
     Option("git.allowed_signers", "list", [], "GPG fingerprints or SSH public keys allowed to "
            "sign"),
@@ -168,6 +171,8 @@ SCHEMA: Final[tuple[Option, ...]] = (*_BASE_SCHEMA,
            "may set", tier=EARLY),
     Option("trust.user_data_vars", "list", [], "reserved var names user-data may set",
            tier=EARLY),
+    Option("trust.protected_vars", "list", [], "var names neither tags nor user-data may set "
+           "(secret_vars' names always are)", tier=EARLY),
 )
 OPTIONS: Final[dict[str, Option]] = {o.key: o for o in SCHEMA}
 TIERS: Final[dict[str, Tier]] = {o.key: o.tier for o in SCHEMA}
@@ -231,13 +236,14 @@ class Settings:
 _SECTIONS: Final = frozenset(k.split(".", 1)[0] for k in OPTIONS if "." in k)
 
 
-def policy_of(values: Mapping[str, Any]) -> Policy:
-    """The trust policy from resolved ``trust.*`` values (missing keys: the defaults)."""
+def policy_of(host: Mapping[str, Any]) -> Policy:
+    """The trust policy from the host's ``trust.*`` and ``secret_vars`` (missing: defaults)."""
     def get(key: str) -> Any:
-        return values.get(key, OPTIONS[key].default)
+        return host.get(key, OPTIONS[key].default)
 
     return Policy.build(TIERS, tags=get("trust.tags"), user_data=get("trust.user_data"),
                         host_only=get("trust.host_only"), tag_vars=get("trust.tag_vars"),
+                        protected_vars=[*get("trust.protected_vars"), *get("secret_vars")],
                         user_data_vars=get("trust.user_data_vars"))
 
 
@@ -251,7 +257,8 @@ def resolve(layers: Iterable[Layer]) -> Settings:
     """
     layers = list(layers)
     policy = policy_of({key: value for lay in reversed(layers) if lay.kind in trust.HOST_KINDS
-                        for key, value in lay.values.items() if key.startswith("trust.")})
+                        for key, value in lay.values.items()
+                        if key.startswith("trust.") or key == "secret_vars"})
     for lay in layers:
         _check_layer(lay, policy)
     resolved: dict[str, Resolved] = {}
@@ -275,8 +282,16 @@ def _check_layer(layer: Layer, policy: Policy) -> None:
     kind = layer.kind
     for key in layer.values:
         policy.check_setting(kind, key, layer.origin_of(key))
-    for name in layer.values.get("vars") or {}:
-        policy.check_var(kind, name, layer.origin_of(f"vars.{name}"))
+    for name, value in (layer.values.get("vars") or {}).items():
+        origin = layer.origin_of(f"vars.{name}")
+        policy.check_var(kind, name, origin)
+        if kind not in trust.HOST_KINDS:
+            try:
+                values.check_data(value, f"launch parameter {name!r} from {origin}")
+            except ValueError as exc:
+                raise ConfigError(str(exc), hint="launch parameters from tags and user-data "
+                                  "are plain data: mappings, lists, strings, numbers, booleans "
+                                  "and null") from None
 
 
 def flatten(doc: Mapping[str, Any], *, where: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any, Final
 import yaml
 
 from pullboot import config
+from pullboot.bounded import load_yaml
 from pullboot.errors import ConfigError
 
 
@@ -50,7 +51,7 @@ def _extra_vars_item(item: str) -> Mapping[str, Any]:
                           hint=f"prepend it with '@' (-e @{item[:60]}), as ansible wants")
     elif item[0] in "{[":
         try:
-            data = yaml.safe_load(item)
+            data = load_yaml(item, what=f"-e {shown}", error=ConfigError)
         except yaml.YAMLError:
             raise ConfigError(f"-e {shown} is not valid JSON/YAML",
                               hint="use KEY=VALUE, @FILE or a JSON object") from None
@@ -65,7 +66,8 @@ def _extra_vars_item(item: str) -> Mapping[str, Any]:
 def _extra_vars_file(path: Path) -> Any:
     fix = "give a readable YAML or JSON file of at most 1 MiB"
     try:
-        return yaml.safe_load(config.read_host_file(path, what="-e vars file", hint=fix))
+        return load_yaml(config.read_host_file(path, what="-e vars file", hint=fix),
+                         what=f"-e @{path}", error=ConfigError)
     except OSError as exc:
         raise ConfigError(f"-e @{path}: cannot read vars file: {exc.strerror}",
                           hint=fix) from None

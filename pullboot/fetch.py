@@ -54,6 +54,8 @@ def make_source(res: Resolution) -> sources.Source:
         if key.startswith(("git.", "s3.", "fetch."))
     }
     options["region"] = res.identity.region
+    # Credentials go only to a source the host chose (sources.git._credentials_allowed).
+    options["source_from_host"] = res.settings.resolved["source"].from_host
     spec = sources.SourceSpec(url=url, ref=res.settings.get("ref"),
                               roles=tuple(r.name for r in res.roles), options=options)
     return sources.create(spec, res.state.cache)

@@ -80,11 +80,7 @@ def read_identity(client: ImdsClient, *, read_tags: bool) -> Identity:
         if keys is None:
             note = "instance metadata tags are not enabled (IMDS answered 404)"
         else:
-            for key in filter(None, keys.splitlines()):
-                path = f"/latest/meta-data/tags/instance/{quote(key, safe=':@=,+')}"
-                raw = client.get(path)  # not stripped: tag values are verbatim
-                if raw is not None:
-                    tags[key] = raw.decode("utf-8", "replace")
+            tags = _read_tags(client, keys)
             tags_from = "imds"
     else:
         note = "reading tags from IMDS is off (imds.tags: false)"
@@ -94,6 +90,41 @@ def read_identity(client: ImdsClient, *, read_tags: bool) -> Identity:
         else socket.getfqdn(), tags=tags, tags_from=tags_from, tags_note=note,
         user_data=client.get("/latest/user-data"), source="imds",
     )
+
+
+# EC2's own limits: 50 user tags a resource, keys of 128 and values of 256 characters
+# (a few aws:* tags come on top). An IMDS that answers more is not EC2: what is past these
+# bounds is dropped with a warning, so a hostile endpoint cannot cost time or memory.
+MAX_TAGS: Final = 64
+MAX_TAG_KEY: Final = 128
+MAX_TAG_VALUE: Final = 256
+
+
+def _read_tags(client: ImdsClient, listing: str) -> dict[str, str]:
+    keys = [k for k in listing.splitlines() if k][:MAX_TAGS + 1]
+    if len(keys) > MAX_TAGS:
+        log.warning("IMDS lists more than %d instance tags; reading the first %d", MAX_TAGS,
+                    MAX_TAGS)
+    tags: dict[str, str] = {}
+    for n, key in enumerate(keys[:MAX_TAGS]):
+        if client.spent:  # a slow IMDS must not stretch the boot tag by tag
+            log.warning("IMDS budget spent: %d instance tags not read", len(keys) - n)
+            break
+        if len(key) > MAX_TAG_KEY:
+            log.warning("ignoring an instance tag whose key is longer than %d characters",
+                        MAX_TAG_KEY)
+            continue
+        path = f"/latest/meta-data/tags/instance/{quote(key, safe=':@=,+')}"
+        raw = client.get(path)  # not stripped: tag values are verbatim
+        if raw is None:
+            continue
+        value = raw.decode("utf-8", "replace")
+        if len(value) > MAX_TAG_VALUE:
+            log.warning("ignoring instance tag %r: its value is longer than %d characters",
+                        key, MAX_TAG_VALUE)
+            continue
+        tags[key] = value
+    return tags
 
 
 def _identity_fields(client: ImdsClient) -> dict[str, str | None]:

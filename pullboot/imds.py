@@ -132,6 +132,11 @@ class ImdsClient:
         """GET ``path`` (e.g. ``/latest/user-data``); ``None`` if IMDS says 404."""
         return self._with_retries(lambda: self._get_once(path), path)
 
+    @property
+    def spent(self) -> bool:
+        """True once this client's ``budget`` has run out (later calls get one attempt each)."""
+        return self._overall is not None and self._overall.expired()
+
     def get_text(self, path: str) -> str | None:
         """Like :meth:`get`, decoded as UTF-8 and stripped."""
         raw = self.get(path)

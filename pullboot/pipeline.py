@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pullboot import __version__, config, playbooks, roles
+from pullboot import __version__, config, playbooks, roles, trust
 from pullboot.atomic import write_json_atomic
 from pullboot.errors import Canceled, ConfigError, PlayError, PullbootError, StateError
 from pullboot.events import EventRecorder, ansible_error
@@ -78,6 +78,7 @@ def resolve(req: Request) -> Resolution:
                                roles.tag_layer(identity, role_tag=base.get("role_tag"),
                                                policy=base.policy), cfg])
     _log_origins(settings)
+    _check_source_choice(settings)
     if req.on_identity is not None:
         req.on_identity(settings, identity)
     looked = _places_looked(settings, identity, section, req.config_path)
@@ -499,6 +500,19 @@ def _places_looked(settings: config.Settings, identity: Identity,
                                      identity.tags_note or "tags not read"),
         f"config file {config_path or ''}: no 'role'/'roles'",
     ]
+
+
+def _check_source_choice(settings: config.Settings) -> None:
+    """A source from tags or user-data must not sidestep the host's verification."""
+    source = settings.resolved["source"]
+    if source.value is None or source.from_host:
+        return
+    from pullboot.sources.base import detect_kind
+
+    trust.check_source_choice(
+        kind=detect_kind(source.value), origin=source.origin, from_host=source.from_host,
+        verify_git=bool(settings.get("git.verify_commit")),
+        verify_s3=bool(settings.get("s3.require_signature")))
 
 
 def _log_origins(settings: config.Settings) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import yaml
 
+from pullboot import values
 from pullboot.atomic import write_atomic, write_json_atomic
 from pullboot.errors import RunError
 from pullboot.playbooks import ansible_cfg_paths
@@ -107,6 +108,8 @@ def run(spec: RunSpec, *, event_handler: Callable[[dict[str, Any]], bool],
         raise RunError(f"ansible-runner could not run the play: {exc}",
                        hint="run with -v for details; check ansible-core is installed") from exc
     finally:
+        # Launch parameters (user-data may hold sensitive ones) do not outlive the run.
+        vars_file(spec).unlink(missing_ok=True)
         scrub_command_artifact(artifact_dir)
         if guard is not None:
             _raw_output_back(artifact_dir, guard)
@@ -183,44 +186,40 @@ def runner_kwargs(spec: RunSpec) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-class _Unsafe(str):
-    """A string ansible must treat as data: dumped as ``!unsafe``."""
-
-
-class _VarsDumper(yaml.SafeDumper):
-    pass
-
-
-_VarsDumper.add_representer(
-    _Unsafe, lambda dumper, data: dumper.represent_scalar("!unsafe", str(data)))
-
-
-def _as_data(value: Any) -> Any:
-    """``value`` with every string in it (keys included) marked unsafe."""
-    if isinstance(value, str):
-        return _Unsafe(value)
-    if isinstance(value, Mapping):
-        return {_as_data(k) if isinstance(k, str) else k: _as_data(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_as_data(v) for v in value]
-    return value
-
-
 def write_vars_file(spec: RunSpec) -> Path:
-    """The extra vars as a 0600 YAML file for ``-e @file``; data vars tagged ``!unsafe``.
+    """The extra vars as a 0600 JSON file for ``-e @file``; data vars marked unsafe.
 
-    ansible-runner's own ``extravars`` cannot say "unsafe", and ansible
-    templates extra vars wherever a play uses them: a tag value holding
-    ``{{ lookup('pipe', ...) }}`` would run as root. The file holds launch
-    parameters only (secret values reach ansible through the vars plugin).
+    ansible templates extra vars wherever a play uses them, so a tag value
+    holding ``{{ lookup('pipe', ...) }}`` would run as root. Every string of a
+    data var becomes ``{"__ansible_unsafe": "..."}``, which ansible's JSON
+    loader turns into an unsafe (never templated) string of exactly that text:
+    no YAML re-typing (``1.10`` stays a string) and no tag that could make a
+    Python type the walk misses (values are checked by
+    :func:`pullboot.values.check_data` at resolution; unknown types fail here).
+    The file holds launch parameters only (secrets reach ansible through the
+    vars plugin) and is removed when the run ends.
     """
-    doc = {name: _as_data(value) if name in spec.data_vars else value
-           for name, value in spec.extravars.items()}
-    path = spec.private_dir / "env" / "pullboot-extravars.yml"
+    path = vars_file(spec)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    text = yaml.dump(doc, Dumper=_VarsDumper, sort_keys=False, allow_unicode=True)
+    try:
+        doc = {name: values.as_unsafe_json(value, f"launch parameter {name!r}")
+               if name in spec.data_vars else value for name, value in spec.extravars.items()}
+        text = json.dumps(doc, allow_nan=False, default=_refuse_type)
+    except ValueError as exc:
+        raise RunError(f"the play's extra vars cannot be written: {exc}",
+                       hint="launch parameters hold mappings, lists, strings, finite numbers, "
+                       "booleans and null") from None
     write_atomic(path, text.encode("utf-8"), mode=0o600)
     return path
+
+
+def vars_file(spec: RunSpec) -> Path:
+    """Where :func:`write_vars_file` puts the run's extra vars."""
+    return spec.private_dir / "env" / "pullboot-extravars.json"
+
+
+def _refuse_type(value: Any) -> Any:
+    raise ValueError(f"a {type(value).__name__} cannot be passed to ansible")
 
 
 def _settings(spec: RunSpec) -> dict[str, Any]:

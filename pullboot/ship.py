@@ -105,14 +105,27 @@ def sink_for(url: str, *, region: str | None) -> Sink:
     return SINKS[scheme](url, region=region)
 
 
+MAX_URL: Final = 1024
+MAX_VALUE: Final = 128  # per placeholder: S3 keys stay short whatever IMDS says
+
+
 def check_template(template: str) -> None:
     """Raise ConfigError for an unsupported scheme or an unknown placeholder."""
     sink_for(template.split("{", 1)[0] or template, region=None)
+    if "{" in urlsplit(template).netloc or len(template) > MAX_URL:
+        raise ConfigError(f"results.s3 {template[:80]!r}: placeholders may stand only in the "
+                          f"key part, and the template is at most {MAX_URL} characters",
+                          hint="write s3://BUCKET/prefix/{role}/...: the bucket is fixed")
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        fields = [(name, spec, conv) for _, name, spec, conv
+                  in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise ConfigError(f"results.s3 {template!r}: {exc}",
                           hint="placeholders are written {name}") from None
+    if any(spec or conv for _, spec, conv in fields):
+        raise ConfigError(f"results.s3 {template[:80]!r}: a placeholder has a format spec or "
+                          "conversion", hint="placeholders are written plainly: {name}")
+    names = {name for name, _, _ in fields if name}
     unknown = names - PLACEHOLDERS
     if unknown:
         raise ConfigError(f"results.s3 {template!r} uses unknown placeholder(s) "
@@ -140,7 +153,7 @@ def render(template: str, report: Mapping[str, Any]) -> str:
         "run_id": report.get("run_id") or "unknown", "status": report.get("status") or "unknown",
     }
     safe = {k: _UNSAFE.sub("_", str(v)) or "unknown" for k, v in values.items()}
-    url = template.format(**safe)
+    url = template.format(**{k: v[:MAX_VALUE] for k, v in safe.items()})
     return url if url.endswith("/") else url + "/"
 
 

@@ -81,6 +81,10 @@ RESERVED_VAR_NAMES: Final = frozenset({
     "pullboot", "hostvars", "groups", "group_names", "inventory_hostname",
     "inventory_hostname_short", "inventory_dir", "inventory_file", "omit", "play_hosts",
     "playbook_dir", "role_name", "role_names", "role_path", "vars",
+    # Template globals (Jinja's and ansible's): a var of one of these names shadows the
+    # function, so every lookup() or range() in the play would break.
+    "lookup", "query", "q", "now", "undef", "finalize", "range", "dict", "lipsum", "cycler",
+    "joiner", "namespace",
 })
 _VAR_ORIGINS: Final = {OriginKind.TAG: "trust.tag_vars", OriginKind.USER_DATA:
                        "trust.user_data_vars"}
@@ -111,24 +115,29 @@ class Policy:
     host_only: frozenset[str] = frozenset()
     tag_vars: frozenset[str] = frozenset()
     user_data_vars: frozenset[str] = frozenset()
+    # Var names the host fixes: secret_vars' names and trust.protected_vars.
+    protected_vars: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, tiers: dict[str, Tier], *, tags: Iterable[str] = (),
               user_data: Iterable[str] = (), host_only: Iterable[str] = (),
-              tag_vars: Iterable[str] = (), user_data_vars: Iterable[str] = ()) -> Policy:
+              tag_vars: Iterable[str] = (), user_data_vars: Iterable[str] = (),
+              protected_vars: Iterable[str] = ()) -> Policy:
         """The effective policy from the config's lists; a bad key is a ConfigError."""
         extra_tags, extra_ud, locked = frozenset(tags), frozenset(user_data), frozenset(host_only)
         for option, keys in (("trust.tags", extra_tags), ("trust.user_data", extra_ud),
                              ("trust.host_only", locked)):
             _check_keys(option, keys, tiers)
         for option, names in (("trust.tag_vars", tag_vars),
-                              ("trust.user_data_vars", user_data_vars)):
+                              ("trust.user_data_vars", user_data_vars),
+                              ("trust.protected_vars", protected_vars)):
             _check_var_names(option, names)
         tag_keys = (default_keys(tiers, {Tier.TAG}) | extra_tags) - locked
         ud_keys = (default_keys(tiers, {Tier.TAG, Tier.LAUNCH}) | extra_ud | tag_keys) - locked
         return cls(tiers=tiers, tags=tag_keys, user_data=ud_keys, extra_tags=extra_tags,
                    extra_user_data=extra_ud, host_only=locked, tag_vars=frozenset(tag_vars),
-                   user_data_vars=frozenset(user_data_vars))
+                   user_data_vars=frozenset(user_data_vars),
+                   protected_vars=frozenset(protected_vars))
 
     def allowed(self, kind: OriginKind, key: str) -> bool:
         """May an origin of ``kind`` set setting ``key``?"""
@@ -166,7 +175,14 @@ class Policy:
 
     def check_var(self, kind: OriginKind, name: str, origin: str) -> None:
         """Raise TrustError if a launch parameter from ``kind`` takes a reserved name."""
-        if kind in HOST_KINDS or not is_reserved_var(name):
+        if kind in HOST_KINDS:
+            return
+        if name in self.protected_vars:
+            raise TrustError(
+                f"launch parameter {name!r} from {origin} is refused: the host fixes it "
+                "(a secret_vars name, or listed in trust.protected_vars)",
+                hint=f"remove {name} from {_where(kind)}; the host's value is the one used")
+        if not is_reserved_var(name):
             return
         allowed = self.tag_vars if kind is OriginKind.TAG else self.user_data_vars
         if name in allowed:
@@ -222,3 +238,29 @@ def _check_var_names(option: str, names: Iterable[str]) -> None:
         if not _NAME_RE.fullmatch(name):
             raise ConfigError(f"{option} names {name!r}, which is not a variable name",
                               hint="list variable names such as ansible_user")
+
+
+def check_source_choice(*, kind: str, origin: str, from_host: bool, verify_git: bool,
+                        verify_s3: bool) -> None:
+    """Raise TrustError when a source chosen by tags or user-data escapes the host's checks.
+
+    A launcher may choose the source (LAUNCH tier), but not in a way that sidesteps
+    what the host decided: a directory source names a path on this host (host-only),
+    and when the host verifies git commits or S3 signatures, a chosen source must be
+    of a kind whose verification is on; switching kinds would run unverified code.
+    """
+    if from_host:
+        return
+    if kind == "dir":
+        raise TrustError(
+            f"source from {origin} is a directory on this host, and only the host may choose "
+            "one", hint="set a directory source in the config file (or --source), or give a "
+            "git or s3 source")
+    verified = {"git": verify_git, "s3": verify_s3}
+    if any(verified.values()) and not verified.get(kind, False):
+        required = " and ".join(k for k, on in verified.items() if on)
+        raise TrustError(
+            f"source from {origin} is a {kind} source, but this host verifies only "
+            f"{required} sources: its code would run unverified",
+            hint="choose a source of a verified kind, or turn on its verification in the "
+            "config file (git.verify_commit / s3.require_signature)")

@@ -12,6 +12,7 @@ same answer, before anything is fetched.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from typing import Final
@@ -169,6 +170,52 @@ def check_tree_paths(values: list[str]) -> list[str]:
     if len(values) > MAX_TREE_PATHS:
         raise ValueError(f"more than {MAX_TREE_PATHS} paths")
     return [check_tree_path(v) for v in values]
+
+
+_JINJA_MARKS: Final = ("{{", "{%", "{#")
+
+
+def check_data(value: object, where: str) -> None:
+    """ValueError unless ``value`` is plain data: JSON's kinds, finite numbers, safe keys.
+
+    Launch parameters from tags and user-data reach the play as data
+    (:func:`as_unsafe_json`); anything else (a set, bytes, a date: types a YAML
+    tag can make) is refused here, before anything is fetched, rather than
+    slipping through a walk that lists the types it knows. Mapping keys cannot
+    be marked unsafe in ansible's JSON, so a key may not hold template marks.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} holds a number that is not finite")
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_data(item, where)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has a key that is not a string ({key!r:.40})")
+            if any(mark in key for mark in _JINJA_MARKS):
+                raise ValueError(f"{where} has a key holding a template mark ({key[:40]!r})")
+            check_data(item, where)
+        return
+    raise ValueError(f"{where} holds a {type(value).__name__}: launch parameters are "
+                     "mappings, lists, strings, numbers, booleans and null")
+
+
+def as_unsafe_json(value: object, where: str) -> object:
+    """``value`` for ansible's JSON loader with every string marked ``__ansible_unsafe``."""
+    check_data(value, where)
+    if isinstance(value, str):
+        return {"__ansible_unsafe": value}
+    if isinstance(value, list | tuple):
+        return [as_unsafe_json(item, where) for item in value]
+    if isinstance(value, dict):
+        return {key: as_unsafe_json(item, where) for key, item in value.items()}
+    return value
 
 
 # setting key -> the check its (coerced, non-None) value must pass

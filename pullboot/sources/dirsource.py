@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
-from pullboot.errors import SourceError
+from pullboot.errors import Canceled, SourceError
 from pullboot.sources.base import Source, register
 
 # Version control, virtualenvs and tool caches are not part of the tree we run
@@ -48,6 +48,7 @@ class DirSource(Source):
                               hint="check --source / the 'source' setting")
         digest = hashlib.sha256()
         for path in sorted(_walk(root)):
+            self._check_deadline(root)
             rel = path.relative_to(root).as_posix()
             digest.update(rel.encode() + b"\0")
             if path.is_symlink():
@@ -61,10 +62,21 @@ class DirSource(Source):
     def remote_revision(self) -> str:
         return self.fetch()  # hashing is the cheapest honest answer for a directory
 
+    def _check_deadline(self, root: Path) -> None:
+        """A huge directory is bounded by the fetch's deadline like any other source."""
+        if self.deadline.canceled():
+            raise Canceled(f"canceled by a signal while reading {root}")
+        if self.deadline.expired():
+            raise SourceError(f"source directory {root} was not read within the fetch's "
+                              "deadline (fetch.retry_budget)",
+                              hint="point the source at the playbook tree itself, or raise "
+                              "fetch.retry_budget")
+
     def export(self, dest: Path) -> None:
         root = self.path
 
         def copy(src: str, dst: str) -> str:
+            self._check_deadline(root)
             with _open_regular(root, Path(src)) as fin, open(dst, "xb") as fout:
                 shutil.copyfileobj(fin, fout)
             shutil.copystat(src, dst)

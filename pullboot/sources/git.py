@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -45,6 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from pullboot import secrets
 from pullboot.errors import (
@@ -81,6 +83,22 @@ _POLL_S: Final = 0.2
 _LOW_SPEED_LIMIT: Final = 1000
 _LOW_SPEED_TIME_S: Final = 30
 _ALLOWED_PROTOCOLS: Final = ("https", "http", "ssh", "git", "file")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of an http(s) URL, for ``http.<url>.*`` git config keys."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 def git_url(url: str) -> str:
@@ -188,18 +206,22 @@ class GitSource(Source):
         """Environment for one git command: no prompts, strict SSH, credentials if any."""
         extra: list[tuple[str, str]] = []
         region = self.spec.options.get("region")
-        token_ref = self.opt("token")
+        allowed = self._credentials_allowed()
+        token_ref = self.opt("token") if allowed else None
         if token_ref:
             token = secrets.resolve(token_ref, region=region, what="git.token")
             user = self.opt("token_user") or "x-access-token"
             basic = base64.b64encode(f"{user}:{token.strip()}".encode()).decode()
-            extra.append(("http.extraHeader", f"Authorization: Basic {basic}"))
+            # Scoped to the source's own origin: a submodule (or a redirect) on another
+            # host never gets the header.
+            extra.append((f"http.{_origin_of(git_url(self.spec.url))}/.extraHeader",
+                          f"Authorization: Basic {basic}"))
         env = _base_env(self.deadline, extra)
         with secrets.private_tempdir("pullboot-git-") as tmp:
             ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
                    "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=2"]
             ssh += self._host_key_options()
-            key_ref = self.opt("ssh_key")
+            key_ref = self.opt("ssh_key") if allowed else None
             if key_ref:
                 key = Path(tmp, "deploy_key")
                 key.touch(mode=0o600)
@@ -209,6 +231,29 @@ class GitSource(Source):
             env["GIT_SSH_COMMAND"] = shlex.join(ssh)
             yield env
         # The temp dir (and the key in it) is gone here, whatever happened.
+
+    def _credentials_allowed(self) -> bool:
+        """May the host's git.token / git.ssh_key go to this source's server?
+
+        Only to a source the host chose itself, or to a server the host lists in
+        ``git.credential_hosts``: a source from user-data must never receive the
+        host's credentials. A token never travels over plain http.
+        """
+        if not (self.opt("token") or self.opt("ssh_key")):
+            return False
+        url = git_url(self.spec.url)
+        host = (urlsplit(url).hostname or "").lower()
+        listed = {h.lower() for h in self.opt("credential_hosts") or []}
+        if not (self.spec.options.get("source_from_host") or (host and host in listed)):
+            log.warning("git credentials not sent to %s: the source did not come from this "
+                        "host's own settings and its host is not in git.credential_hosts",
+                        self.display_url)
+            return False
+        if self.opt("token") and urlsplit(url).scheme == "http" and not _loopback(host):
+            raise AuthError(f"git.token would travel in clear text to {self.display_url}",
+                            hint="use an https:// source; a token goes over plain http only "
+                            "to this machine (loopback)")
+        return True
 
     def _host_key_options(self) -> list[str]:
         known = self.opt("known_hosts")

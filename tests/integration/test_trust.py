@@ -8,6 +8,7 @@ allow it; nothing is executed and nothing is fetched or shipped.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,108 @@ def test_policy_table_in_plan_and_config(make_repo: Any) -> None:
     trust = json.loads(plan.stdout)["trust"]
     assert trust["tags"] == ["roles", "vars"]
     assert "source" in trust["user_data"]
+
+
+# -- red-team findings (the same classes, found after the first fix) ------------------------
+
+SET_PAYLOAD = ("#cloud-config\npullboot:\n  role: echo\n  vars:\n    greeting: !!set "
+               "{{\"{{{{ lookup('pipe', 'touch {marker}') }}}}\": null}}\n")
+
+
+def test_a_yaml_set_in_user_data_vars_is_refused_not_run(make_repo: Any, make_imds: Any,
+                                                         tmp_path: Path, out_dir: Path) -> None:
+    # A !!set is a Python type the !unsafe walk once missed: the template in it ran as root.
+    marker = tmp_path / "pwned"
+    make_imds(user_data=SET_PAYLOAD.format(marker=marker).encode())
+    res = run_cli("run", "--source", make_repo({"playbooks/echo.yml": ECHO_PLAY}).url,
+                  "-e", f"out_dir={out_dir}")
+    # The data-only loader refuses the tag; such user-data is not used at all.
+    assert res.rc == 3, res.stderr
+    assert "user-data" in res.stderr and "Traceback" not in res.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("value", ["1.10", "0644", "no", "", "=", "<<", "2001-01-01", "~"])
+def test_tag_values_reach_the_play_as_the_exact_strings(value: str, make_repo: Any,
+                                                         make_imds: Any, out_dir: Path) -> None:
+    # YAML would re-type an !unsafe scalar (1.10 -> 1.1, no -> False) or fail on '=':
+    # the vars travel as ansible's JSON with __ansible_unsafe instead.
+    play = ECHO_PLAY.replace("{{ greeting }}", "{{ greeting }}:{{ greeting | type_debug }}")
+    make_imds(tags={"pullboot:role": "echo", "pullboot:var:greeting": value, "Name": value})
+    res = run_cli("run", "--source", make_repo({"playbooks/echo.yml": play}).url,
+                  "-e", f"out_dir={out_dir}")
+    assert res.rc == 0, res.stderr
+    shown = (out_dir / "echo.txt").read_text()
+    assert shown.startswith(f"{value}:"), shown
+    assert shown.endswith(f"|{value}\n"), shown
+    assert "str" in shown.split("|")[0] or "Unsafe" in shown.split("|")[0]
+
+
+def test_the_extra_vars_file_does_not_outlive_the_run(make_repo: Any, make_imds: Any,
+                                                      state_dir: Path, out_dir: Path) -> None:
+    make_imds(tags={"pullboot:role": "web", "pullboot:var:note": "launch-secret-ish"})
+    res = run_cli("run", "--source", make_repo(web_tree()).url, "-e", f"out_dir={out_dir}")
+    assert res.rc == 0, res.stderr
+    assert not list(state_dir.rglob("pullboot-extravars*"))
+
+
+@pytest.mark.parametrize("name", ["lookup", "query", "range", "db_password"])
+def test_tags_cannot_shadow_template_globals_or_the_hosts_secrets(
+        name: str, make_repo: Any, make_imds: Any, tmp_path: Path) -> None:
+    _config(tmp_path, {"secret_vars": {"db_password": "ssm:/prod/db"}})
+    make_imds(tags={"pullboot:role": "web", f"pullboot:var:{name}": "attacker-known"})
+    res = run_cli("run", "--source", make_repo(web_tree()).url)
+    assert res.rc == 2, res.stderr
+    assert f"launch parameter {name!r}" in res.stderr and "refused" in res.stderr
+
+
+def test_user_data_cannot_choose_a_directory_source(make_imds: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "local.yml").write_text(
+        f"- hosts: all\n  gather_facts: false\n  tasks:\n"
+        f"    - ansible.builtin.file: {{path: {marker}, state: touch}}\n")
+    make_imds(user_data=f"#cloud-config\npullboot: {{source: {evil}}}\n".encode())
+    res = run_cli("run")
+    assert res.rc == 2, res.stderr
+    assert "is a directory on this host, and only the host may choose one" in res.stderr
+    assert not marker.exists()
+
+
+def test_user_data_cannot_switch_to_an_unverified_source_kind(
+        make_repo: Any, make_imds: Any, tmp_path: Path) -> None:
+    # The host verifies S3 bundles; a git source from user-data would run unverified code.
+    _config(tmp_path, {"s3": {"require_signature": True, "signature_keys": ["AAAA"]}})
+    repo = make_repo(web_tree())
+    make_imds(user_data=f"#cloud-config\npullboot: {{role: web, source: {repo.url}}}\n"
+              .encode())
+    res = run_cli("run")
+    assert res.rc == 2, res.stderr
+    assert "is a git source, but this host verifies only s3 sources" in res.stderr
+
+
+def test_host_git_token_never_goes_to_a_server_user_data_chose(
+        make_repo: Any, make_imds: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    from tests.fakes.githttp import GitHttpServer
+
+    token = "host-token-0d4f1e77"
+    monkeypatch.setenv("HOST_GIT_TOKEN", token)
+    repo = make_repo(web_tree())
+    served = tmp_path / "served"
+    served.mkdir()
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.path), str(served / "b.git")],
+                   check=True)
+    _config(tmp_path, {"git": {"token": "env:HOST_GIT_TOKEN"}})
+    with GitHttpServer(served, token=token) as server:
+        make_imds(user_data=(f"#cloud-config\npullboot: {{role: web, source: "
+                             f"git+{server.url}/b.git}}\n").encode())
+        res = run_cli("run", "--json")
+        assert res.rc != 0
+        assert "git credentials not sent" in res.stderr
+        assert not any(token in h for h in server.auth_headers)
+        # The host may name the servers its credentials may go to.
+        _config(tmp_path, {"git": {"token": "env:HOST_GIT_TOKEN",
+                                   "credential_hosts": ["127.0.0.1"]}})
+        res = run_cli("run", "--json", "-e", f"out_dir={tmp_path}")
+        assert res.rc == 0, res.stderr
