@@ -13,6 +13,7 @@ import yaml
 
 from pullboot import errors
 from pullboot.userdata import MAX_EXPANDED, parse_user_data
+from pullboot.userdata_template import template_vars
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "userdata"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load(
@@ -50,6 +51,13 @@ def _mime_parts(count: int) -> bytes:
     return b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n' + body + b"--B--\n"
 
 
+def _archive_parts(count: int) -> bytes:
+    """A #cloud-config-archive with ``count`` parts, the last one ours."""
+    entries = [{"type": "text/x-shellscript", "content": "#!/bin/sh\n"}] * (count - 1)
+    entries.append({"type": "text/cloud-config", "content": _read("plain.yaml").decode()})
+    return b"#cloud-config-archive\n" + yaml.safe_dump(entries).encode()
+
+
 def _gzip_layers(count: int) -> bytes:
     data = _read("plain.yaml")
     for _ in range(count):
@@ -61,6 +69,7 @@ BUILDERS: dict[str, Callable[[Any], bytes | None]] = {
     "deep": lambda depth: b"pullboot: {vars: " + b"[" * depth + b"}\n",
     "mime_parts": _mime_parts,
     "gzip_layers": _gzip_layers,
+    "archive_parts": _archive_parts,
     "gzip": lambda name: gzip.compress(_read(name), mtime=0),
     "gzip_bomb": _gzip_bomb,
     "gzip_truncated": lambda name: gzip.compress(_read(name), mtime=0)[:-12],
@@ -93,13 +102,14 @@ def test_every_fixture_file_has_an_expected_outcome() -> None:
 def test_parse_user_data(case: str) -> None:
     spec = EXPECTED[case]
     raw = _input(case)
+    variables = template_vars(**spec["instance"]) if "instance" in spec else None
     if "error" in spec:
         with pytest.raises(getattr(errors, spec["error"])) as info:
-            parse_user_data(raw)
+            parse_user_data(raw, variables=variables)
         assert spec["match"] in info.value.message
         assert spec.get("hint", "pullboot: {role: web}") in (info.value.hint or "")
     else:
-        assert parse_user_data(raw) == spec["expect"]
+        assert parse_user_data(raw, variables=variables) == spec["expect"]
 
 
 def test_gzip_bomb_really_exceeds_the_limit_and_a_small_gzip_does_not() -> None:
