@@ -180,7 +180,7 @@ def _is_mime(data: bytes) -> bool:
 
 
 def _sniff(text: str) -> str:
-    head = text[:64].lstrip().lower()
+    head = text.lstrip()[:32].lower()
     return next((kind for prefix, kind in _STARTS if head.startswith(prefix)), "yaml")
 
 

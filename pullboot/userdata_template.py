@@ -23,14 +23,19 @@ whoever launched the instance wrote:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 from pullboot.errors import ConfigError
 
 MISSING: Final = "CI_MISSING_JINJA_VAR/"
+# EC2 user-data is 16 KiB raw; gzip could make a template larger, and compiling
+# one costs time roughly linear in its size: 64 KiB keeps it well under a second.
+MAX_TEMPLATE: Final = 64 * 1024
 FILTERS: Final = frozenset({"default", "d", "lower", "upper", "trim", "string"})
 TESTS: Final = frozenset({"defined", "undefined", "none", "string", "eq", "ne", "equalto"})
+_HEADER: Final = re.compile(r"##\s*template:\s*jinja\s*$", re.I)  # cloud-init's header
 _HINT: Final = ("keep a user-data template to {{ v1.<name> }} substitutions, {% if %} and the "
                 "filters " + ", ".join(sorted(FILTERS)) + "; or drop '## template: jinja'")
 
@@ -51,8 +56,9 @@ def template_vars(*, instance_id: str | None, region: str | None,
 def render(text: str, variables: Mapping[str, Any], *, max_bytes: int) -> str:
     """Render a ``## template: jinja`` document (header line included) within the rules above.
 
-    Raises ConfigError for a template outside the allowed language, a syntax
-    error, or output past ``max_bytes``. Messages name the construct and the
+    Raises ConfigError for a template larger than :data:`MAX_TEMPLATE`, outside
+    the allowed language, nested too deeply, with a syntax error, or with
+    output past ``max_bytes``. Messages name the construct and the
     line, never the template's text.
     """
     import jinja2  # ansible-core's dependency; only templated user-data needs it
@@ -63,15 +69,20 @@ def render(text: str, variables: Mapping[str, Any], *, max_bytes: int) -> str:
         def __str__(self) -> str:
             return MISSING + str(self._undefined_name)
 
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEMPLATE:
+        raise ConfigError(f"user-data template is {size} bytes; the limit is {MAX_TEMPLATE}",
+                          hint=_HINT)
     env = SandboxedEnvironment(undefined=Missing, autoescape=False, keep_trailing_newline=True)
     env.globals.clear()
-    body = text.split("\n", 1)[1] if "\n" in text else ""
+    first, _, rest = text.lstrip().partition("\n")
+    body = rest if _HEADER.match(first) else text  # a text/jinja2 part may lack the line
     try:
         tree = env.parse(body)
         _check(tree, nodes)
         template = env.from_string(tree)
         out: list[str] = []
-        size = 0
+        size = 0  # now the output's
         for chunk in template.generate(**variables):
             size += len(chunk.encode("utf-8", "surrogatepass"))
             if size > max_bytes:
@@ -80,8 +91,13 @@ def render(text: str, variables: Mapping[str, Any], *, max_bytes: int) -> str:
             out.append(chunk)
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"user-data template has a Jinja syntax error at line "
-                          f"{(exc.lineno or 0) + 1}: {exc.message}", hint=_HINT) from None
-    except (jinja2.TemplateError, RecursionError) as exc:
+                          f"{(exc.lineno or 0) + 1}: {(exc.message or '')[:120]}",
+                          hint=_HINT) from None
+    except (RecursionError, SyntaxError, MemoryError):
+        # Deep nesting ends in Jinja's parser's or Python's compiler's recursion limit.
+        raise ConfigError("user-data template nests expressions or blocks too deeply",
+                          hint=_HINT) from None
+    except jinja2.TemplateError as exc:
         raise ConfigError(f"user-data template could not be rendered: {type(exc).__name__}",
                           hint=_HINT) from None
     return "".join(out)
@@ -91,15 +107,15 @@ def _check(tree: Any, nodes: Any) -> None:
     allowed = (nodes.Template, nodes.Output, nodes.TemplateData, nodes.Const, nodes.Name,
                nodes.Getattr, nodes.Getitem, nodes.Concat, nodes.If, nodes.Compare,
                nodes.Operand, nodes.Not, nodes.And, nodes.Or, nodes.CondExpr, nodes.Filter,
-               nodes.Test)
+               nodes.Test, nodes.List, nodes.Tuple)
     for node in tree.find_all(nodes.Node):
         if not isinstance(node, allowed):
             raise ConfigError(f"user-data template uses {type(node).__name__} at line "
                               f"{(getattr(node, 'lineno', 0) or 0) + 1}, which pullboot does "
                               "not render", hint=_HINT)
         if isinstance(node, nodes.Filter) and node.name not in FILTERS:
-            raise ConfigError(f"user-data template uses the filter {node.name!r}, which "
+            raise ConfigError(f"user-data template uses the filter {node.name[:40]!r}, which "
                               "pullboot does not render", hint=_HINT)
         if isinstance(node, nodes.Test) and node.name not in TESTS:
-            raise ConfigError(f"user-data template uses the test {node.name!r}, which "
+            raise ConfigError(f"user-data template uses the test {node.name[:40]!r}, which "
                               "pullboot does not render", hint=_HINT)

@@ -70,6 +70,10 @@ BUILDERS: dict[str, Callable[[Any], bytes | None]] = {
     "mime_parts": _mime_parts,
     "gzip_layers": _gzip_layers,
     "archive_parts": _archive_parts,
+    "jinja_deep": lambda depth: (b"## template: jinja\npullboot: {ref: '{{ " + b"(" * depth
+                                 + b"v1.region" + b")" * depth + b" }}'}\n"),
+    "jinja_big": lambda size: (b"## template: jinja\n#cloud-config\npullboot: {role: web}\n"
+                               + b"#" * size + b"\n"),
     "gzip": lambda name: gzip.compress(_read(name), mtime=0),
     "gzip_bomb": _gzip_bomb,
     "gzip_truncated": lambda name: gzip.compress(_read(name), mtime=0)[:-12],
@@ -136,3 +140,32 @@ def test_raw_user_data_is_never_logged(caplog: pytest.LogCaptureFixture,
     assert parse_user_data(secret) is None
     assert "not YAML or JSON" in caplog.text  # the warning was captured ...
     assert "S3cr3t-pw" not in caplog.text  # ... and holds no user-data
+
+
+def test_include_is_counted_and_warned_about_never_fetched_or_logged(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.getLogger("pullboot"), "propagate", True)
+    caplog.set_level("DEBUG", logger="pullboot")
+    mime = (b'From nobody Tue Dec  1 22:00:00 2026\nContent-Type: multipart/mixed; boundary="B"\n'
+            b"MIME-Version: 1.0\n\n--B\nContent-Type: text/x-include-url\n\n"
+            b"https://h.invalid/a?sig=S3CRET\n--B\nContent-Type: text/plain\n\n"
+            + _read("include.txt") + b"--B\nContent-Type: text/plain\n\n"
+            + _read("plain.yaml") + b"--B--\n")
+    assert parse_user_data(mime) == {"role": "web"}
+    assert "user-data has 2 #include part(s); pullboot does not fetch" in caplog.text
+    assert "S3CRET" not in caplog.text and "invalid" not in caplog.text
+
+
+def test_archive_and_template_parts_inside_mime_by_content_type() -> None:
+    template = "#cloud-config\npullboot: {role: web, ref: '{{ v1.region }}'}\n"
+    archive = ("- {type: text/cloud-config, content: 'pullboot: {roles: [api]}',\n"
+               "   Merge-Type: 'dict(no_replace)+list(append)'}\n")
+    mime = (b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n'
+            b"--B\nContent-Type: text/jinja2\n\n" + template.encode()
+            + b"--B\nContent-Type: text/cloud-config-archive\n"
+            b"Merge-Type: dict(no_replace)+list(append)\n\n" + archive.encode() + b"--B--\n")
+    variables = template_vars(instance_id="i-1", region="eu-west-1", availability_zone=None,
+                              hostname="web-1")
+    # The archive entry's Merge-Type key is its header (as in cloud-init): merged, not replaced.
+    assert parse_user_data(mime, variables=variables) == {"role": "web", "ref": "eu-west-1",
+                                                          "roles": ["api"]}
