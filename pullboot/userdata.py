@@ -18,6 +18,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,8 +42,8 @@ MAX_NESTING: Final = 4  # gzip / MIME containers inside each other
 # Each YAML document (the parser sees at most MAX_EXPANDED bytes).
 YAML_LIMITS: Final = Limits(max_bytes=MAX_EXPANDED, max_depth=32, max_nodes=50_000,
                             max_aliases=500)
-_TEMPLATE_NAMES: Final = ("instance_id", "region", "availability_zone", "local_hostname",
-                          "cloud_name", "platform")
+# How a name the template did not have renders (cloud-init's marker): a name, capped.
+_MISSING_VAR: Final = re.compile(re.escape(userdata_template.MISSING) + r"(\w{1,40})")
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _HINT: Final = ("EC2 user-data is at most 16 KiB: keep pullboot's section small, flat and "
                 "uncompressed")
@@ -126,12 +127,13 @@ def _section(section: Any) -> dict[str, Any]:
             hint="write it as 'pullboot:' followed by indented keys, "
             "e.g. 'pullboot: {role: web}'",
         )
-    if userdata_template.MISSING in json.dumps(section, default=str):
+    missing = _MISSING_VAR.search(json.dumps(section, default=str))
+    if missing is not None:
         raise ConfigError(
-            "user-data template uses a variable pullboot does not provide in its "
-            "'pullboot:' section",
-            hint="pullboot provides " + ", ".join(f"v1.{k}" for k in _TEMPLATE_NAMES)
-            + " (cloud-init's names)",
+            f"user-data template uses {missing.group(1)!r} in its 'pullboot:' section, a "
+            "variable pullboot does not provide",
+            hint="pullboot provides " + ", ".join(f"v1.{k}" for k in userdata_template.V1_NAMES)
+            + " (cloud-init's names; also without 'v1.')",
         )
     return dict(section)
 

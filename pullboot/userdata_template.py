@@ -30,6 +30,9 @@ from typing import Any, Final
 from pullboot.errors import ConfigError
 
 MISSING: Final = "CI_MISSING_JINJA_VAR/"
+# The v1 keys pullboot can fill (cloud-init's standardised instance-data names).
+V1_NAMES: Final = ("instance_id", "region", "availability_zone", "local_hostname",
+                   "cloud_name", "platform")
 # EC2 user-data is 16 KiB raw; gzip could make a template larger, and compiling
 # one costs time roughly linear in its size: 64 KiB keeps it well under a second.
 MAX_TEMPLATE: Final = 64 * 1024

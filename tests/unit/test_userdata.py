@@ -13,7 +13,7 @@ import yaml
 
 from pullboot import errors
 from pullboot.userdata import MAX_EXPANDED, parse_user_data
-from pullboot.userdata_template import template_vars
+from pullboot.userdata_template import V1_NAMES, template_vars
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "userdata"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load(
@@ -169,3 +169,11 @@ def test_archive_and_template_parts_inside_mime_by_content_type() -> None:
     # The archive entry's Merge-Type key is its header (as in cloud-init): merged, not replaced.
     assert parse_user_data(mime, variables=variables) == {"role": "web", "ref": "eu-west-1",
                                                           "roles": ["api"]}
+
+
+def test_template_vars_are_cloud_inits_v1_names_and_the_error_lists_them() -> None:
+    full = template_vars(instance_id="i-1", region="r", availability_zone="z", hostname="h")
+    assert set(full["v1"]) == set(V1_NAMES)
+    assert {k: full[k] for k in V1_NAMES} == full["v1"]  # top-level aliases, as cloud-init
+    assert "region" not in template_vars(instance_id="i-1", region=None,
+                                         availability_zone=None, hostname="h")["v1"]
