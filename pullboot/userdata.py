@@ -53,7 +53,7 @@ _HINT: Final = ("EC2 user-data is at most 16 KiB: keep pullboot's section small,
 # INCLUSION_TYPES_MAP; compared lower-cased, the longest prefix first). Types
 # that are not YAML for us are skipped; anything else is read as YAML/JSON.
 _STARTS: Final = (
-    ("#cloud-config-archive", "archive"), ("#cloud-config-jsonp", "skip"),
+    ("#cloud-config-archive", "archive"), ("#cloud-config-jsonp", "jsonp"),
     ("#cloud-boothook", "skip"), ("#cloud-config", "yaml"), ("#part-handler", "skip"),
     ("#include-once", "include"), ("#include", "include"), ("## template: jinja", "jinja"),
     ("#!", "skip"),
@@ -64,7 +64,7 @@ _CONTENT_TYPES: Final = {
     "text/cloud-config": "yaml", "text/cloud-config-archive": "archive",
     "text/x-include-url": "include", "text/x-include-once-url": "include",
     "text/jinja2": "jinja", "text/cloud-boothook": "skip", "text/part-handler": "skip",
-    "text/cloud-config-jsonp": "skip",
+    "text/cloud-config-jsonp": "jsonp",
 }
 _MERGE_HEADERS: Final = ("Merge-Type", "X-Merge-Type")
 
@@ -163,6 +163,9 @@ def _documents(raw: bytes, budget: _Budget, *, depth: int, kind: str | None = No
         yield from _template_documents(text, budget, depth=depth, header=header)
     elif kind == "include":
         budget.includes += 1
+    elif kind == "jsonp" and SECTION in text:
+        log.warning("user-data has a #cloud-config-jsonp part that mentions pullboot; "
+                    "pullboot does not apply JSON patches: write the section as cloud-config")
     elif kind == "yaml":
         try:
             yield _Doc(_load(text), header)
