@@ -37,6 +37,7 @@ from pullboot.playbooks import Inventories
 from pullboot.state import StateDir, new_run_id
 from pullboot.trust import Policy
 from pullboot.userdata import parse_user_data
+from pullboot.userdata_template import template_vars
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,9 @@ def resolve(req: Request) -> Resolution:
     base = config.resolve([cli, env, cfg])
     state = StateDir(Path(base.get("state_dir")))
     identity = _identity(base, req.environ, req.cancel)
-    section = parse_user_data(identity.user_data)
+    section = parse_user_data(identity.user_data, variables=template_vars(
+        instance_id=identity.instance_id, region=identity.region,
+        availability_zone=identity.availability_zone, hostname=identity.hostname))
     settings = config.resolve([cli, env, roles.user_data_layer(section),
                                roles.tag_layer(identity, role_tag=base.get("role_tag"),
                                                policy=base.policy), cfg])

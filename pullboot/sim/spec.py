@@ -36,6 +36,7 @@ from pullboot.sim import HOST_FROM_INSTANCE
 from pullboot.sim.s3 import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY
 from pullboot.sources.base import detect_kind
 from pullboot.userdata import parse_user_data
+from pullboot.userdata_template import template_vars
 
 NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 ROLE_TAG: Final = "pullboot:role"
@@ -102,7 +103,11 @@ class InstanceSpec:
         """The source the instance will use as the host names it (for serving and mounts)."""
         if self.source:
             return self.source
-        section = parse_user_data(self.user_data.encode()) if self.user_data else None
+        # A templated source renders as on the instance (its IMDS fake's id, region and zone).
+        variables = template_vars(instance_id=self.instance_id, region=self.region,
+                                  availability_zone=f"{self.region}a", hostname=None)
+        section = (parse_user_data(self.user_data.encode(), variables=variables)
+                   if self.user_data else None)
         if section and isinstance(section.get("source"), str):
             return str(section["source"])
         return self.all_tags().get("pullboot:source")

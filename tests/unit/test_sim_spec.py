@@ -49,6 +49,12 @@ def test_user_data_file_is_served_verbatim_and_names_the_source() -> None:
     assert s.source_kind() == "s3"
 
 
+def test_templated_user_data_names_the_source_the_instance_will_render() -> None:
+    text = ("## template: jinja\n#cloud-config\npullboot:\n"
+            "  source: s3://b-{{ v1.region }}/{role}.tar.gz\n")
+    assert spec(user_data=text).served_source() == "s3://b-eu-west-1/{role}.tar.gz"
+
+
 def test_user_data_file_and_source_flags_are_exclusive() -> None:
     with pytest.raises(ConfigError, match="--user-data"):
         spec(user_data="#cloud-config\n", source="/srv/boot")

@@ -13,6 +13,7 @@ import yaml
 
 from pullboot import errors
 from pullboot.userdata import MAX_EXPANDED, parse_user_data
+from pullboot.userdata_template import V1_NAMES, template_vars
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "userdata"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load(
@@ -50,6 +51,13 @@ def _mime_parts(count: int) -> bytes:
     return b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n' + body + b"--B--\n"
 
 
+def _archive_parts(count: int) -> bytes:
+    """A #cloud-config-archive with ``count`` parts, the last one ours."""
+    entries = [{"type": "text/x-shellscript", "content": "#!/bin/sh\n"}] * (count - 1)
+    entries.append({"type": "text/cloud-config", "content": _read("plain.yaml").decode()})
+    return b"#cloud-config-archive\n" + yaml.safe_dump(entries).encode()
+
+
 def _gzip_layers(count: int) -> bytes:
     data = _read("plain.yaml")
     for _ in range(count):
@@ -61,6 +69,11 @@ BUILDERS: dict[str, Callable[[Any], bytes | None]] = {
     "deep": lambda depth: b"pullboot: {vars: " + b"[" * depth + b"}\n",
     "mime_parts": _mime_parts,
     "gzip_layers": _gzip_layers,
+    "archive_parts": _archive_parts,
+    "jinja_deep": lambda depth: (b"## template: jinja\npullboot: {ref: '{{ " + b"(" * depth
+                                 + b"v1.region" + b")" * depth + b" }}'}\n"),
+    "jinja_big": lambda size: (b"## template: jinja\n#cloud-config\npullboot: {role: web}\n"
+                               + b"#" * size + b"\n"),
     "gzip": lambda name: gzip.compress(_read(name), mtime=0),
     "gzip_bomb": _gzip_bomb,
     "gzip_truncated": lambda name: gzip.compress(_read(name), mtime=0)[:-12],
@@ -93,13 +106,14 @@ def test_every_fixture_file_has_an_expected_outcome() -> None:
 def test_parse_user_data(case: str) -> None:
     spec = EXPECTED[case]
     raw = _input(case)
+    variables = template_vars(**spec["instance"]) if "instance" in spec else None
     if "error" in spec:
         with pytest.raises(getattr(errors, spec["error"])) as info:
-            parse_user_data(raw)
+            parse_user_data(raw, variables=variables)
         assert spec["match"] in info.value.message
         assert spec.get("hint", "pullboot: {role: web}") in (info.value.hint or "")
     else:
-        assert parse_user_data(raw) == spec["expect"]
+        assert parse_user_data(raw, variables=variables) == spec["expect"]
 
 
 def test_gzip_bomb_really_exceeds_the_limit_and_a_small_gzip_does_not() -> None:
@@ -126,3 +140,40 @@ def test_raw_user_data_is_never_logged(caplog: pytest.LogCaptureFixture,
     assert parse_user_data(secret) is None
     assert "not YAML or JSON" in caplog.text  # the warning was captured ...
     assert "S3cr3t-pw" not in caplog.text  # ... and holds no user-data
+
+
+def test_include_is_counted_and_warned_about_never_fetched_or_logged(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.getLogger("pullboot"), "propagate", True)
+    caplog.set_level("DEBUG", logger="pullboot")
+    mime = (b'From nobody Tue Dec  1 22:00:00 2026\nContent-Type: multipart/mixed; boundary="B"\n'
+            b"MIME-Version: 1.0\n\n--B\nContent-Type: text/x-include-url\n\n"
+            b"https://h.invalid/a?sig=S3CRET\n--B\nContent-Type: text/plain\n\n"
+            + _read("include.txt") + b"--B\nContent-Type: text/plain\n\n"
+            + _read("plain.yaml") + b"--B--\n")
+    assert parse_user_data(mime) == {"role": "web"}
+    assert "user-data has 2 #include part(s); pullboot does not fetch" in caplog.text
+    assert "S3CRET" not in caplog.text and "invalid" not in caplog.text
+
+
+def test_archive_and_template_parts_inside_mime_by_content_type() -> None:
+    template = "#cloud-config\npullboot: {role: web, ref: '{{ v1.region }}'}\n"
+    archive = ("- {type: text/cloud-config, content: 'pullboot: {roles: [api]}',\n"
+               "   Merge-Type: 'dict(no_replace)+list(append)'}\n")
+    mime = (b'Content-Type: multipart/mixed; boundary="B"\nMIME-Version: 1.0\n\n'
+            b"--B\nContent-Type: text/jinja2\n\n" + template.encode()
+            + b"--B\nContent-Type: text/cloud-config-archive\n"
+            b"Merge-Type: dict(no_replace)+list(append)\n\n" + archive.encode() + b"--B--\n")
+    variables = template_vars(instance_id="i-1", region="eu-west-1", availability_zone=None,
+                              hostname="web-1")
+    # The archive entry's Merge-Type key is its header (as in cloud-init): merged, not replaced.
+    assert parse_user_data(mime, variables=variables) == {"role": "web", "ref": "eu-west-1",
+                                                          "roles": ["api"]}
+
+
+def test_template_vars_are_cloud_inits_v1_names_and_the_error_lists_them() -> None:
+    full = template_vars(instance_id="i-1", region="r", availability_zone="z", hostname="h")
+    assert set(full["v1"]) == set(V1_NAMES)
+    assert {k: full[k] for k in V1_NAMES} == full["v1"]  # top-level aliases, as cloud-init
+    assert "region" not in template_vars(instance_id="i-1", region=None,
+                                         availability_zone=None, hostname="h")["v1"]
