@@ -304,7 +304,8 @@ def _pull_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
         settings["on_source_failure"] = "last-good"
     if args.private_key:
         settings["git.ssh_key"] = os.path.abspath(os.path.expanduser(args.private_key))
-    files = list(args.vault_password_files)
+    # Absolute, as ansible's unfrack_path makes them (ansible-pull runs the play from -d).
+    files = [os.path.abspath(os.path.expanduser(f)) for f in args.vault_password_files]
     if files:  # ansible: each file is a vault id with the default label
         args.vault_password_file = files[0]
         args.vault_ids = [*files[1:], *(args.vault_ids or [])]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, GitRepo, git
+from tests.conftest import FAIL_PLAY, REPO, GitRepo, git
 from tests.fakes.gitdaemon import GitDaemon
 
 ANSIBLE_PULL = str(Path(sys.executable).parent / "ansible-pull")
@@ -130,7 +130,9 @@ def ansible_pull(tmp_path: Path, args: list[str]) -> Outcome:
                           capture_output=True, text=True, timeout=300, check=False,
                           cwd=tmp_path)
     lines = proc.stdout.splitlines()
-    assert "PLAY RECAP" in proc.stdout, proc.stdout + proc.stderr
+    if "PLAY RECAP" not in proc.stdout:  # no play: -o found nothing new, or a failed checkout
+        assert "Repository has not changed" in proc.stdout, proc.stdout + proc.stderr
+        return Outcome(proc.returncode == 0, {}, [], [])
     recap = lines[next(i for i, x in enumerate(lines) if x.startswith("PLAY RECAP")) + 1:]
     stats: dict[str, dict[str, int]] = {}
     for line in recap:
@@ -151,7 +153,8 @@ def pullboot_pull(tmp_path: Path, args: list[str],
     assert proc.stdout.strip(), proc.stderr
     report: dict[str, Any] = json.loads(proc.stdout)
     assert report["error"] is None, (report["error"], proc.stderr)
-    lines = [line for raw in Path(report["events_file"]).read_text().splitlines()
+    events = Path(report["events_file"]) if report["events_file"] else None
+    lines = [line for raw in (events.read_text().splitlines() if events else [])
              for line in (json.loads(raw).get("stdout") or "").splitlines()]
     tasks, _ = _tasks_and_failures(lines)
     failed = [(f["task"], f["host"]) for f in report["failures"]]
@@ -205,6 +208,53 @@ def test_local_yml_repo_same_outcome(tmp_path: Path, daemon: GitDaemon, transpor
         "ok": 2, "changed": 1, "skipped": 1}
     assert theirs.tasks == ["motd : write the motd", "motd : read it back", "say hello"]
     assert report["playbooks"] == ["local.yml"] and report["warnings"] == []
+
+
+HARMLESS_PLAY = """\
+- name: look, touch nothing
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: report the revision
+      ansible.builtin.debug:
+        msg: "{{ lookup('file', 'VERSION') }}"
+    - name: a command that changes nothing
+      ansible.builtin.command: "true"
+      changed_when: false
+"""
+
+
+def test_only_if_changed_runs_once_per_new_commit(tmp_path: Path) -> None:
+    # Without --check: a check run is never recorded as a success by pullboot (it
+    # converged nothing), so a second -o --check run would run again.
+    repo = _repo(tmp_path / "boot", {"local.yml": HARMLESS_PLAY, "VERSION": "1\n"})
+    args = ["-U", f"file://{repo.path}", "-C", "main", "-o"]
+    for expect_run in (True, False):
+        theirs = ansible_pull(tmp_path, args)
+        ours, report = pullboot_pull(tmp_path, args)
+        _same(theirs, ours)
+        assert bool(ours.tasks) is expect_run
+        assert report["status"] == ("successful" if expect_run else "unchanged")
+    repo.commit({"VERSION": "2\n"})
+    theirs = ansible_pull(tmp_path, args)
+    ours, _ = pullboot_pull(tmp_path, args)
+    _same(theirs, ours)
+    assert ours.tasks == ["report the revision", "a command that changes nothing"]
+
+
+def test_only_if_changed_after_a_failed_run_differs_on_purpose(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "boot", {"local.yml": FAIL_PLAY.replace("hosts: all",
+                                                                    "hosts: localhost")})
+    args = ["-U", f"file://{repo.path}", "-C", "main", "-o"]
+    theirs = ansible_pull(tmp_path, args)
+    ours, _ = pullboot_pull(tmp_path, args)
+    _same(theirs, ours)
+    assert ours.failed == [("this task breaks", "localhost")]
+    # No new commit: ansible-pull does not run again; pullboot retries the failed run.
+    theirs = ansible_pull(tmp_path, args)
+    ours, _ = pullboot_pull(tmp_path, args)
+    assert theirs.tasks == [] and theirs.rc_ok
+    assert ours.failed == [("this task breaks", "localhost")] and not ours.rc_ok
 
 
 def test_site_yml_with_several_hosts_limited_to_this_host(tmp_path: Path) -> None:

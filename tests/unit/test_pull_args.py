@@ -67,7 +67,7 @@ def test_an_ansible_pull_command_line_maps_onto_settings(tmp_path: Path) -> None
         "-U", "https://git.example.com/ops/boot.git", "-C", "v1.2", "-d", str(tmp_path / "d"),
         "-i", "hosts", "-e", "a=1 b=2", "-e", '{"c": 3}', "-o", "-s", "30", "--full",
         "--check", "--diff", "-t", "web,db", "--skip-tags", "slow", "-l", "localhost",
-        "--vault-password-file", "/etc/vault1", "--vault-pass-file", "/etc/vault2",
+        "--vault-password-file", "/etc/vault1", "--vault-pass-file", "/etc/./vault2",
         "--vault-id", "prod@/etc/vault3", "--accept-host-key", "--private-key", "/root/key",
         "--verify-commit", "-f", "-vvv", "site.yml", "extra.yml")
     assert cli == {
