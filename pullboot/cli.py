@@ -195,7 +195,8 @@ def _add_pull_parser(sub: Any) -> None:
     add("-d", "--directory", dest="dest", metavar="DIR", help="pullboot's state dir "
         "(releases, runs, lock; the tree in use is DIR/current)")
     add("-i", "--inventory", "--inventory-file", dest="inventory", action="append",
-        metavar="PATH|HOSTS,", help="inventory in the tree (run.inventory)")
+        metavar="INVENTORY", help="inventory in the tree, or a host list 'a,b,' "
+        "(run.inventory)")
     add("-e", "--extra-vars", dest="extra_vars", action="append", default=[],
         metavar="VARS", help="extra vars, as ansible-playbook -e reads them")
     add("-o", "--only-if-changed", dest="only_if_changed", action="store_true", default=None,
@@ -228,8 +229,10 @@ def _add_pull_parser(sub: Any) -> None:
         help="repository module: only git")
     add("--flush-cache", dest="flush_cache", action="store_true",
         help="accepted: facts are never cached across runs")
-    add("--become-password-file", "--become-pass-file", dest="become_password_file")
-    add("--connection-password-file", "--conn-pass-file", dest="connection_password_file")
+    add("--become-password-file", "--become-pass-file", dest="become_password_file",
+        metavar="FILE", help="ignored (a warning): the play runs as this user, locally")
+    add("--connection-password-file", "--conn-pass-file", dest="connection_password_file",
+        metavar="FILE", help="ignored (a warning): every host uses the local connection")
     # Accepted so that an ansible-pull command line parses; _pull_settings says why
     # each is ignored or refused.
     valued: list[tuple[tuple[str, ...], str]] = [
