@@ -1,10 +1,10 @@
 """The same repo through real ``ansible-pull`` and ``pullboot pull``, same arguments.
 
 Each case runs ansible-pull (ansible-core's, from the venv) and ``pullboot pull``
-with one argument list (``-d`` a fresh dir in tmp_path for each), over file:// or
-``git daemon`` on 127.0.0.1, in check mode where a play would touch the host,
-and compares the outcome: stats per host, failed tasks, and the task names that
-ran (ansible-pull's PLAY output against the stdout of pullboot's events).
+with one argument list (``-d`` a fresh dir in tmp_path for each), over file://,
+``git daemon`` or git's smart HTTP on 127.0.0.1, in check mode where a play would
+touch the host, and compares the outcome: stats per host, failed tasks, and the
+task names that ran (ansible-pull's PLAY output against pullboot's events).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import FAIL_PLAY, REPO, GitRepo, git
 from tests.fakes.gitdaemon import GitDaemon
+from tests.fakes.githttp import GitHttpServer
 
 ANSIBLE_PULL = str(Path(sys.executable).parent / "ansible-pull")
 STAT_KEYS = ("ok", "changed", "failed", "unreachable", "skipped", "rescued", "ignored")
@@ -192,16 +193,26 @@ def _same(theirs: Outcome, ours: Outcome) -> None:
     assert ours.rc_ok == theirs.rc_ok
 
 
-@pytest.mark.parametrize("transport", ["file", "git-daemon"])
+@pytest.mark.parametrize("transport", ["file", "git-daemon", "http"])
 def test_local_yml_repo_same_outcome(tmp_path: Path, daemon: GitDaemon, transport: str) -> None:
+    http = GitHttpServer(tmp_path / "http")
     if transport == "file":
         url = f"file://{_local_repo(tmp_path / 'boot').path}"
-    else:
+    elif transport == "git-daemon":
         _local_repo(daemon.root / "boot")
         url = daemon.url("boot")
+    else:  # a plain http:// URL, as ansible-pull users write it (no git+)
+        repo = _local_repo(tmp_path / "boot")
+        (tmp_path / "http").mkdir()
+        git(tmp_path, "clone", "-q", "--bare", str(repo.path), str(tmp_path / "http/boot.git"))
+        http.start()
+        url = f"{http.url}/boot.git"
     args = ["-U", url, "-C", "main", "--check", "-o", "local.yml"]
-    theirs = ansible_pull(tmp_path, args)
-    ours, report = pullboot_pull(tmp_path, args)
+    try:
+        theirs = ansible_pull(tmp_path, args)
+        ours, report = pullboot_pull(tmp_path, args)
+    finally:
+        http.stop()
     _same(theirs, ours)
     # check mode: the copy would change, the command is skipped (it has no check mode)
     assert {k: theirs.stats["localhost"][k] for k in ("ok", "changed", "skipped")} == {
