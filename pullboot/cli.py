@@ -229,12 +229,27 @@ def _add_pull_parser(sub: Any) -> None:
         help="repository module: only git")
     add("--flush-cache", dest="flush_cache", action="store_true",
         help="accepted: facts are never cached across runs")
+    _add_pull_unhonoured(p)
+    add("-v", "--verbose", dest="ansible_verbosity", action="count", default=0,
+        help="ansible verbosity, as with ansible-pull (-vvv)")
+    add("playbooks", nargs="*", metavar="playbook.yml", help="playbooks in the tree; "
+        "default: <fqdn>.yml, <hostname>.yml, local.yml")
+    # pullboot's own, for scripts and tests:
+    add("--json", action="store_true", help="print the report as JSON on stdout")
+    add("--config", metavar="FILE", help="pullboot config file")
+    p.set_defaults(func=cmd_pull, roles=None, verbose=0, vault_password_file=None)
+
+
+def _add_pull_unhonoured(p: argparse.ArgumentParser) -> None:
+    """ansible-pull options pullboot does not honour: parsed, so that its command line works.
+
+    _pull_settings warns about each (or refuses it, for the prompts).
+    """
+    add = p.add_argument
     add("--become-password-file", "--become-pass-file", dest="become_password_file",
         metavar="FILE", help="ignored (a warning): the play runs as this user, locally")
     add("--connection-password-file", "--conn-pass-file", dest="connection_password_file",
         metavar="FILE", help="ignored (a warning): every host uses the local connection")
-    # Accepted so that an ansible-pull command line parses; _pull_settings says why
-    # each is ignored or refused.
     valued: list[tuple[tuple[str, ...], str]] = [
         (("-u", "--user"), "remote_user"), (("-c", "--connection"), "connection"),
         (("-T", "--timeout"), "conn_timeout"), (("--ssh-common-args",), "ssh_common_args"),
@@ -248,14 +263,6 @@ def _add_pull_parser(sub: Any) -> None:
         (("-K", "--ask-become-pass"), "ask_become_pass")]
     for flags, dest in switches:
         add(*flags, dest=dest, action="store_true", help=argparse.SUPPRESS)
-    add("-v", "--verbose", dest="ansible_verbosity", action="count", default=0,
-        help="ansible verbosity, as with ansible-pull (-vvv)")
-    add("playbooks", nargs="*", metavar="playbook.yml", help="playbooks in the tree; "
-        "default: <fqdn>.yml, <hostname>.yml, local.yml")
-    # pullboot's own, for scripts and tests:
-    add("--json", action="store_true", help="print the report as JSON on stdout")
-    add("--config", metavar="FILE", help="pullboot config file")
-    p.set_defaults(func=cmd_pull, roles=None, verbose=0, vault_password_file=None)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
