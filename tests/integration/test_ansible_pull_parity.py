@@ -317,3 +317,16 @@ def test_what_pull_cannot_honour_is_in_the_log_and_the_report(tmp_path: Path) ->
     # -d DIR is the state dir: the tree in use is DIR/current.
     assert (dest / "current" / "local.yml").is_file()
     assert report["source"]["url"] == f"git+file://{repo.path}"
+
+
+def test_hosts_all_without_inventory_differs_on_purpose(tmp_path: Path) -> None:
+    # ansible-pull gives ansible-playbook no inventory: only the implicit localhost,
+    # which "all" does not match. pullboot's inventory lists localhost explicitly.
+    repo = _repo(tmp_path / "boot", {"VERSION": "1\n", "local.yml": HARMLESS_PLAY.replace(
+        "hosts: localhost", "hosts: all")})
+    args = ["-U", f"file://{repo.path}", "-C", "main"]
+    theirs = ansible_pull(tmp_path, args)
+    ours, _ = pullboot_pull(tmp_path, args)
+    assert theirs.tasks == [] and theirs.rc_ok
+    assert ours.tasks == ["report the revision", "a command that changes nothing"]
+    assert ours.failed == [] and ours.rc_ok
