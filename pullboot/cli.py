@@ -11,13 +11,15 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
+from urllib.parse import urlsplit
 
 from pullboot import __version__, config
 from pullboot import status as status_file
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
+    _add_pull_parser(sub)
     plan = sub.add_parser("plan", parents=[common], help="show what a run would do; run nothing",
                           epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     plan.set_defaults(func=cmd_plan)
@@ -154,13 +157,228 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    "roles, vars and options equal the last successful run's")
 
 
+# -- pullboot pull: ansible-pull's command line ---------------------------------
+#
+# The options of ansible-core 2.19's lib/ansible/cli/pull.py, names and short
+# forms as there (-C is --checkout, not --check). Each maps onto a pullboot
+# setting in _pull_settings; what pullboot cannot honour is a warning (in the
+# log and the report) or, where ignoring it would change what runs, an error.
+
+# Options ansible-pull accepts but never passes on to ansible-playbook (pull.py
+# hardcodes "-c local"): ignored by both, with a warning here.
+_PULL_IGNORED_BY_ANSIBLE: Final = (
+    ("remote_user", "-u/--user"), ("connection", "-c/--connection"),
+    ("conn_timeout", "-T/--timeout"), ("ssh_common_args", "--ssh-common-args"),
+    ("sftp_extra_args", "--sftp-extra-args"), ("scp_extra_args", "--scp-extra-args"),
+    ("ssh_extra_args", "--ssh-extra-args"), ("list_hosts", "--list-hosts"),
+    ("module_path", "-M/--module-path"),
+)
+# Prompts: nobody is there to type at boot or from a timer.
+_PULL_PROMPTS: Final = (("ask_pass", "-k/--ask-pass"),
+                        ("ask_vault_pass", "-J/--ask-vault-password"),
+                        ("ask_become_pass", "-K/--ask-become-pass"))
+_PULL_REPO_MODULES: Final = ("git", "subversion", "hg", "bzr")  # ansible-pull's REPO_CHOICES
+_SCP_LIKE: Final = re.compile(r"^[\w.-]+@[\w.-]+:")
+_HOST_COLON: Final = re.compile(r"^[\w.-]+:")
+
+
+def _add_pull_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "pull", help="run like ansible-pull: takes its arguments (-U URL -C REF ... "
+        "[playbook.yml])", epilog="pullboot pull takes ansible-pull's options and maps them "
+        "onto pullboot's settings; docs/migrating-from-ansible-pull.md has the table.\n\n"
+        + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("-U", "--url", dest="url", help="repository URL (plain https://, ssh://, "
+        "user@host:path, git://, file:// or a path: git)")
+    add("-C", "--checkout", dest="ref", metavar="REF", help="branch, tag or commit (ref)")
+    add("-d", "--directory", dest="dest", metavar="DIR", help="pullboot's state dir "
+        "(releases, runs, lock; the tree in use is DIR/current)")
+    add("-i", "--inventory", "--inventory-file", dest="inventory", action="append",
+        metavar="INVENTORY", help="inventory in the tree, or a host list 'a,b,' "
+        "(run.inventory)")
+    add("-e", "--extra-vars", dest="extra_vars", action="append", default=[],
+        metavar="VARS", help="extra vars, as ansible-playbook -e reads them")
+    add("-o", "--only-if-changed", dest="only_if_changed", action="store_true", default=None,
+        help="skip when nothing changed since the last successful run")
+    add("-s", "--sleep", dest="sleep", metavar="N", help="random delay in [0, N) seconds "
+        "before the fetch, every run (splay)")
+    add("-f", "--force", action="store_true", help="run the last good release when the "
+        "source cannot be fetched (on_source_failure: last-good)")
+    add("--full", dest="full", action="store_true", help="full clone (git.full)")
+    add("--purge", action="store_true", help="ignored: the release is kept as the last good")
+    add("--clean", action="store_true", help="accepted: pullboot always runs the commit as "
+        "fetched")
+    add("--check", action="store_true", default=None, help="ansible check mode")
+    add("--diff", action="store_true", default=None, help="ansible diff mode")
+    add("-t", "--tags", dest="tags", action="append", metavar="TAGS")
+    add("--skip-tags", dest="skip_tags", action="append", metavar="TAGS")
+    add("-l", "--limit", dest="limit", metavar="PATTERN", help="default: this host")
+    add("--vault-password-file", "--vault-pass-file", dest="vault_password_files",
+        action="append", default=[], metavar="FILE")
+    add("--vault-id", dest="vault_ids", action="append", metavar="[LABEL@]FILE")
+    add("--accept-host-key", dest="accept_host_key", action="store_true",
+        help="trust an unknown SSH host key on first use (git.accept_new_host_key)")
+    add("--private-key", "--key-file", dest="private_key", metavar="FILE",
+        help="SSH deploy key for the repository (git.ssh_key)")
+    add("--verify-commit", dest="verify_commit", action="store_true",
+        help="refuse commits not signed by git.allowed_signers")
+    add("--track-subs", dest="track_subs", action="store_true",
+        help="check submodules out (at the recorded commits)")
+    add("-m", "--module-name", dest="module_name", default="git", metavar="NAME",
+        help="repository module: only git")
+    add("--flush-cache", dest="flush_cache", action="store_true",
+        help="accepted: facts are never cached across runs")
+    _add_pull_unhonoured(p)
+    add("-v", "--verbose", dest="ansible_verbosity", action="count", default=0,
+        help="ansible verbosity, as with ansible-pull (-vvv)")
+    add("playbooks", nargs="*", metavar="playbook.yml", help="playbooks in the tree; "
+        "default: <fqdn>.yml, <hostname>.yml, local.yml")
+    # pullboot's own, for scripts and tests:
+    add("--json", action="store_true", help="print the report as JSON on stdout")
+    add("--config", metavar="FILE", help="pullboot config file")
+    p.set_defaults(func=cmd_pull, roles=None, verbose=0, vault_password_file=None)
+
+
+def _add_pull_unhonoured(p: argparse.ArgumentParser) -> None:
+    """ansible-pull options pullboot does not honour: parsed, so that its command line works.
+
+    _pull_settings warns about each (or refuses it, for the prompts).
+    """
+    add = p.add_argument
+    add("--become-password-file", "--become-pass-file", dest="become_password_file",
+        metavar="FILE", help="ignored (a warning): the play runs as this user, locally")
+    add("--connection-password-file", "--conn-pass-file", dest="connection_password_file",
+        metavar="FILE", help="ignored (a warning): every host uses the local connection")
+    valued: list[tuple[tuple[str, ...], str]] = [
+        (("-u", "--user"), "remote_user"), (("-c", "--connection"), "connection"),
+        (("-T", "--timeout"), "conn_timeout"), (("--ssh-common-args",), "ssh_common_args"),
+        (("--sftp-extra-args",), "sftp_extra_args"), (("--scp-extra-args",), "scp_extra_args"),
+        (("--ssh-extra-args",), "ssh_extra_args"), (("-M", "--module-path"), "module_path")]
+    for flags, dest in valued:
+        add(*flags, dest=dest, help=argparse.SUPPRESS)
+    switches: list[tuple[tuple[str, ...], str]] = [
+        (("--list-hosts",), "list_hosts"), (("-k", "--ask-pass"), "ask_pass"),
+        (("-J", "--ask-vault-password", "--ask-vault-pass"), "ask_vault_pass"),
+        (("-K", "--ask-become-pass"), "ask_become_pass")]
+    for flags, dest in switches:
+        add(*flags, dest=dest, action="store_true", help=argparse.SUPPRESS)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """``pullboot pull``: ansible-pull's arguments, run as ``pullboot run`` would."""
+    args.verbose = 1 if args.ansible_verbosity else 0
+    _setup_logging(args.verbose)
+    settings, warnings = _pull_settings(args)
+    for warning in warnings:
+        log.warning("%s", warning)
+    req = _request(args, on_event=_live_printer(sys.stderr), settings=settings,
+                   warnings=warnings)
+    return _run_request(req, args.json)
+
+
+def _pull_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """ansible-pull's options as settings (cli layer) and the warnings for what is not honoured.
+
+    Raises ConfigError (exit 2) where ignoring an option would change what runs.
+    """
+    if not args.url:  # ansible-pull: "URL for repository not specified"
+        raise ConfigError("no repository URL: -U/--url is required",
+                          hint="pullboot pull -U https://git.example.com/ops/boot.git [...]")
+    if args.module_name != "git":
+        known = args.module_name in _PULL_REPO_MODULES
+        raise ConfigError(f"-m {args.module_name}: pullboot fetches git repositories only"
+                          + ("" if known else " (ansible-pull knows git, subversion, hg, bzr)"),
+                          hint="drop -m, or publish the tree as an S3 bundle or a directory "
+                          "and use pullboot run --source")
+    for dest, flag in _PULL_PROMPTS:
+        if getattr(args, dest):
+            raise ConfigError(f"{flag}: pullboot never prompts (nobody is there to type at "
+                              "boot or from a timer)",
+                              hint="use --vault-password-file FILE or --vault-id LABEL@FILE")
+    args.source = _pull_source(args.url)
+    settings: dict[str, Any] = {}
+    warnings: list[str] = []
+    if args.dest:
+        settings["state_dir"] = _pull_state_dir(args.dest)
+    if args.sleep is not None:
+        # ansible-pull sleeps before every checkout, the first included.
+        settings.update({"splay": config.coerce("splay", args.sleep, where="-s/--sleep"),
+                         "splay_first_boot": True})
+    for flag, key in (("full", "git.full"), ("track_subs", "git.submodules"),
+                      ("accept_host_key", "git.accept_new_host_key"),
+                      ("verify_commit", "git.verify_commit")):
+        if getattr(args, flag):
+            settings[key] = True
+    if args.force:
+        settings["on_source_failure"] = "last-good"
+    if args.private_key:
+        settings["git.ssh_key"] = os.path.abspath(os.path.expanduser(args.private_key))
+    # Absolute, as ansible's unfrack_path makes them (ansible-pull runs the play from -d).
+    files = [os.path.abspath(os.path.expanduser(f)) for f in args.vault_password_files]
+    if files:  # ansible: each file is a vault id with the default label
+        args.vault_password_file = files[0]
+        args.vault_ids = [*files[1:], *(args.vault_ids or [])]
+    warnings += _pull_warnings(args)
+    return settings, warnings
+
+
+def _pull_warnings(args: argparse.Namespace) -> list[str]:
+    found = [f"{flag} ignored: ansible-pull does not pass it to ansible-playbook either "
+             "(every host runs with the local connection)"
+             for dest, flag in _PULL_IGNORED_BY_ANSIBLE if getattr(args, dest)]
+    if args.track_subs:
+        found.append("--track-subs: submodules are checked out at the commits the repository "
+                     "records, not at their branches' latest (a release is one commit)")
+    if args.purge:
+        found.append("--purge ignored: the release stays in the state dir as the last good "
+                     "one (keep_releases bounds how many)")
+    for dest, flag in (("become_password_file", "--become-password-file"),
+                       ("connection_password_file", "--connection-password-file")):
+        if getattr(args, dest):
+            found.append(f"{flag} ignored: the play runs as this process's user with the local "
+                         "connection")
+    return found
+
+
+def _pull_source(url: str) -> str:
+    """An ansible-pull ``-U`` (what the git module clones) as a pullboot git source URL."""
+    if url.startswith("-"):
+        raise ConfigError(f"-U {url[:80]!r} starts with '-'", hint="give the repository URL")
+    if url.startswith(("git+", "git://")) or _SCP_LIKE.match(url):
+        return url
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("https", "http", "ssh", "file"):
+        return f"git+{url}"
+    if "://" in url or _HOST_COLON.match(url):
+        raise ConfigError(f"-U {url[:80]!r}: not a git URL pullboot pull can fetch",
+                          hint="use https://, ssh://, git://, file://, user@host:path or a "
+                          "local path")
+    return f"git+file://{os.path.abspath(os.path.expanduser(url))}"
+
+
+def _pull_state_dir(dest: str) -> str:
+    """``-d DIR`` as the state dir; an ansible-pull checkout there is refused, not mixed in."""
+    path = Path(os.path.abspath(os.path.expanduser(dest)))
+    if (path / ".git").exists() or path.is_file():
+        raise ConfigError(f"-d {path}: holds an ansible-pull checkout (or is a file); pullboot "
+                          "keeps its state dir (releases, runs, lock) there",
+                          hint=f"remove the old checkout (rm -rf {path}) or point -d at a "
+                          "new directory")
+    return str(path)
+
+
 # -- commands ----------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    return _run_request(_request(args, on_event=_live_printer(sys.stderr)), args.json)
+
+
+def _run_request(req: Any, as_json: bool) -> int:
+    """Run ``req`` as the boot job and render its report (``run`` and ``pull``)."""
     from pullboot import boot
 
-    req = _request(args, on_event=_live_printer(sys.stderr))
     restore = _install_signal_handlers(req.cancel)
     try:
         result = boot.run(req)
@@ -171,7 +389,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"pullboot: error: {report.error['message']}\n")
         if report.error.get("hint"):
             sys.stderr.write(f"pullboot: fix: {report.error['hint']}\n")
-    if args.json:
+    if as_json:
         json.dump(report.to_dict(), sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
@@ -314,10 +532,16 @@ def _wait_status(path: Path, args: argparse.Namespace) -> int:
 # -- helpers -----------------------------------------------------------------
 
 
-def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
+def _request(args: argparse.Namespace, on_event: Any = None, *,
+             settings: Mapping[str, Any] | None = None, warnings: Sequence[str] = ()) -> Any:
+    """The Request of ``run``, ``plan`` and ``pull``: flags become cli-layer settings.
+
+    ``settings`` adds dotted keys no shared flag carries (``pull``'s mapping);
+    ``warnings`` go into the run's report.
+    """
     from pullboot.model import Request
 
-    cli: dict[str, Any] = {}
+    cli: dict[str, Any] = dict(settings or {})
     for attr, key in (("state_dir", "state_dir"), ("source", "source"), ("ref", "ref"),
                       ("limit", "run.limit"), ("timeout", "run.timeout"),
                       ("check", "run.check"), ("diff", "run.diff"),
@@ -341,14 +565,17 @@ def _request(args: argparse.Namespace, on_event: Any = None) -> Any:
     for attr, key in (("tags", "run.tags"), ("skip_tags", "run.skip_tags")):
         if getattr(args, attr, None):
             cli[key] = [t.strip() for item in getattr(args, attr) for t in item.split(",")]
-    if args.verbose >= 2:
-        cli["run.verbosity"] = min(args.verbose - 1, 4)
+    ansible_v = getattr(args, "ansible_verbosity", None)
+    if ansible_v is None:
+        ansible_v = args.verbose - 1 if args.verbose >= 2 else 0
+    if ansible_v:
+        cli["run.verbosity"] = min(ansible_v, 4)
     extra = parse_extra_vars(args.extra_vars)
     if extra:
         cli["vars"] = extra
     path, required = _config_path(args)
     return Request(cli=cli, config_path=path, config_required=required,
-                   **({"on_event": on_event} if on_event else {}))
+                   warnings=tuple(warnings), **({"on_event": on_event} if on_event else {}))
 
 
 def _config_path(args: argparse.Namespace) -> tuple[Path, bool]:

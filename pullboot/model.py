@@ -161,6 +161,9 @@ class Request:
     # The run's secrets (boot integration fills it in before_fetch): values to
     # redact from events and artifacts, and ansible's env (references only).
     secrets: SecretGuard = field(default_factory=SecretGuard)
+    # What the CLI could not honour (``pullboot pull``'s ansible-pull options): the
+    # report's ``warnings`` start with these.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ def run(req: Request) -> RunResult:
     started = time.monotonic()
     started_at = _now()
     run_id = new_run_id()
-    ctx = _RunContext(run_id=run_id, started_at=started_at, started=started)
+    ctx = _RunContext(run_id=run_id, started_at=started_at, started=started,
+                      warnings=list(req.warnings))
     try:
         _phase(req, "resolve", run_id)
         res = resolve(req)
