@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,47 +13,8 @@ import pytest
 import yaml
 
 from tests.conftest import FAIL_PLAY, all_files, git, run_cli, web_tree
+from tests.fakes.gitdaemon import GitDaemon, free_port
 from tests.fakes.githttp import GitHttpServer
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class GitDaemon:
-    """``git daemon`` serving a directory on 127.0.0.1; stop() makes the source unreachable."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def url(self, name: str) -> str:
-        return f"git://127.0.0.1:{self.port}/{name}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1",
-             f"--port={self.port}", f"--base-path={self.root}", str(self.root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Ready when the port accepts connections (a condition, not a sleep).
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "git daemon died"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise AssertionError("git daemon did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @pytest.fixture
@@ -96,7 +55,7 @@ def test_git_server_down_runs_last_good(make_repo: Any, daemon: GitDaemon, tmp_p
 
 def test_no_last_good_means_exit_4(tmp_path: Path) -> None:
     _config(tmp_path, fetch={"retry_budget": 0.5})
-    res = run_cli("run", "--source", f"git://127.0.0.1:{_free_port()}/nothing", "--role",
+    res = run_cli("run", "--source", f"git://127.0.0.1:{free_port()}/nothing", "--role",
                   "web", "--json")
     assert res.rc == 4
     assert "no last good release" in res.report["error"]["hint"]
