@@ -113,7 +113,7 @@ def fetch_release(res: Resolution, *, switch: bool = True,
     info = SourceInfo(url=src.display_url, kind=src.kind, ref=res.settings.get("ref"),
                       revision=revision, release=rid)
     log.info("source %s (%s) at %s -> release %s", info.url, info.kind, revision, rid)
-    return Release(tree=target, info=info)
+    return Release(tree=target, info=info, warnings=tuple(src.warnings))
 
 
 def _build_release(res: Resolution, src: sources.Source, rid: str) -> None:

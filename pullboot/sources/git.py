@@ -125,6 +125,7 @@ class GitSource(Source):
 
     def fetch(self) -> str:
         ref = self.spec.ref or "HEAD"
+        self.warnings = []
         self._open_or_init()
         depth = [] if self.opt("full") else ["--depth", "1"]
         with self._auth_env() as env:
@@ -138,8 +139,7 @@ class GitSource(Source):
                 sha = self._fetch_short_sha(ref, env)
             self._git(["reset", "-q", "--hard", sha, "--"], env, ref)
             self._git(["clean", "-q", "-ffdx"], env, ref)
-            if self.opt("submodules"):
-                self._git(["submodule", "update", "--init", "--recursive", *depth], env, ref)
+            self._submodules(depth, env, ref)
         if self.opt("verify_commit"):
             self._verify(sha)
         log.info("git %s at %s is %s", self.display_url, ref, sha[:12])
@@ -174,6 +174,35 @@ class GitSource(Source):
                 return refs[name]
         raise SourceNotFoundError(f"git {self.display_url}: ref {ref!r} not found",
                           hint="use an existing branch, tag or full commit sha")
+
+    def _submodules(self, depth: list[str], env: dict[str, str], ref: str) -> None:
+        """Check the tree's submodules out (``git.submodules``, on by default), or warn.
+
+        Their URLs come from the repo, but the transport allow-list in the
+        environment (:func:`_base_env`) reaches every git the submodule command
+        starts: ``ext::`` and other helpers stay refused. A shallow update that
+        the server refuses (a submodule commit that is no branch tip) is retried
+        with history, all under the same deadline.
+        """
+        if not (self.repo_dir / ".gitmodules").is_file():
+            return
+        if not self.opt("submodules"):
+            msg = ("the tree has submodules (.gitmodules) but git.submodules is off: they are "
+                   "not checked out, so their directories are empty")
+            log.warning("%s", msg)
+            self.warnings.append(msg)
+            return
+        cmd = ["submodule", "update", "--init", "--recursive", "--force"]
+        try:
+            self._git([*cmd, *depth], env, ref)
+        except TransientSourceError:
+            raise
+        except SourceError as exc:
+            if not depth or "transport" in exc.message.lower():
+                raise
+            log.info("shallow submodule update refused (%s); fetching their history",
+                     exc.message)
+            self._git(cmd, env, ref)
 
     def _known_commit(self, ref: str) -> str | None:
         """The full sha of the commit ``ref`` (a short sha) names in the cache, if it has one."""

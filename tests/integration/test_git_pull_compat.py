@@ -217,3 +217,65 @@ def test_an_unknown_short_sha_is_not_found(make_repo: Any) -> None:
     assert res.rc == 4, res.stderr
     assert res.report["error"]["type"] == "SourceNotFoundError"
     assert f"ref '{ref}' not found" in res.report["error"]["message"]
+
+
+# -- item 5: submodules checked out by default ---------------------------------------------
+
+
+ROLE_PLAY = textwrap.dedent("""\
+    - hosts: all
+      gather_facts: false
+      roles: [sub]
+    """)
+
+
+def _superproject(make_repo: Any, sub_url: str) -> Any:
+    top = make_repo({"playbooks/web.yml": ROLE_PLAY, "roles/.keep": ""})
+    subprocess.run(["git", "-c", "protocol.file.allow=always", "-c", "protocol.ext.allow=always",
+                    "submodule", "add", "-q", sub_url, "roles/sub"], cwd=top.path, check=False,
+                   capture_output=True)
+    top.commit({}, "add the submodule")
+    return top
+
+
+def _role_repo(make_repo: Any) -> Any:
+    return make_repo({"tasks/main.yml": textwrap.dedent("""\
+        - name: the submodule role ran
+          ansible.builtin.copy: {dest: "{{ out_dir }}/sub.txt", content: sub, mode: "0644"}
+        """)})
+
+
+def test_submodules_are_checked_out_by_default(make_repo: Any, tmp_path: Path,
+                                               out_dir: Path) -> None:
+    top = _superproject(make_repo, f"file://{_role_repo(make_repo).path}")
+    args = ("run", "--source", top.url, "--role", "web", "-e", f"out_dir={out_dir}", "--json")
+    res = run_cli(*args)
+    assert res.rc == 0, res.stderr
+    assert (out_dir / "sub.txt").read_text() == "sub"
+    assert not any("submodules" in w for w in res.report["warnings"])
+
+
+def test_submodules_off_warns_in_the_report_and_log(make_repo: Any, tmp_path: Path,
+                                                    out_dir: Path) -> None:
+    top = _superproject(make_repo, f"file://{_role_repo(make_repo).path}")
+    _config(tmp_path, git={"submodules": False})
+    res = run_cli("run", "--source", top.url, "--role", "web", "-e", f"out_dir={out_dir}",
+                  "--json")
+    assert not (out_dir / "sub.txt").exists()
+    assert any("git.submodules is off" in w for w in res.report["warnings"]), res.report
+    assert "git.submodules is off" in res.stderr
+
+
+def test_a_submodule_with_an_ext_url_is_refused(make_repo: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    top = make_repo({"playbooks/web.yml": ROLE_PLAY})
+    (top.path / ".gitmodules").write_text(
+        f'[submodule "sub"]\n\tpath = roles/sub\n\turl = ext::sh -c touch% {marker}\n')
+    sub = _role_repo(make_repo)
+    git(top.path, "update-index", "--add", "--cacheinfo", f"160000,{sub.head},roles/sub")
+    git(top.path, "add", ".gitmodules")
+    git(top.path, "commit", "-qm", "a submodule whose URL is a command")
+    res = run_cli("run", "--source", top.url, "--role", "web", "--json")
+    assert not marker.exists(), "a submodule URL ran a command"
+    assert res.rc == 4, res.stderr
+    assert "transport 'ext' not allowed" in res.report["error"]["message"]
