@@ -146,8 +146,39 @@ class GitSource(Source):
         return sha
 
     def export(self, dest: Path) -> None:
+        """The checked-out tree (submodules included, their ``.git`` links not), plus a
+        one-commit ``.git`` of its own at the fetched commit, so that a play running
+        ``git rev-parse HEAD`` (or ``git log -1``) in the release gets the revision.
+
+        The release's ``.git`` holds a copy of that commit's objects (fetched from
+        the cache repo, no remote, no hooks): it never depends on the cache.
+        """
         shutil.copytree(self.repo_dir, dest, symlinks=True, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".git"))
+        local = Deadline.after(_LOCAL_TIMEOUT_S, cancel=self.deadline.cancel)
+        env = _base_env(local)
+        sha = self._local(["rev-parse", "--verify", "HEAD^{commit}"], self.repo_dir, env,
+                          local).strip()
+        for args in (["init", "-q", "--template="],
+                     ["fetch", "-q", "--no-tags", "--depth", "1", "--end-of-options",
+                      str(self.repo_dir), sha],
+                     ["update-ref", "--no-deref", "HEAD", sha],
+                     ["reset", "-q", "--no-refresh"]):
+            self._local(args, dest, env, local)
+        # pullboot's own files (manifest, galaxy installs) are no change to the checkout.
+        (dest / ".git" / "info").mkdir(exist_ok=True)
+        (dest / ".git" / "info" / "exclude").write_text("/.pullboot/\n")
+
+    def _local(self, args: list[str], cwd: Path, env: dict[str, str],
+               deadline: Deadline) -> str:
+        """A local git command (no network) in ``cwd``; SourceError with git's words on failure."""
+        proc = _run_bounded(["git", *args], cwd=cwd, env=env, deadline=deadline,
+                            what=f"git {args[0]}")
+        if proc.returncode != 0:
+            raise SourceError(f"could not make the release a git checkout: git {args[0]} "
+                              f"failed (git: {git_words(proc.stderr)})",
+                              hint="check the state dir is writable and git is installed")
+        return proc.stdout
 
     def remote_revision(self) -> str:
         """``git ls-remote`` (no clone, no download)."""

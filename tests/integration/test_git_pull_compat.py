@@ -279,3 +279,88 @@ def test_a_submodule_with_an_ext_url_is_refused(make_repo: Any, tmp_path: Path) 
     assert not marker.exists(), "a submodule URL ran a command"
     assert res.rc == 4, res.stderr
     assert "transport 'ext' not allowed" in res.report["error"]["message"]
+
+
+# -- item 6: a release edited on the host is never run -------------------------------------
+
+
+def test_a_modified_release_is_rebuilt_and_the_original_runs(
+        make_repo: Any, tmp_path: Path, out_dir: Path, state_dir: Path) -> None:
+    from tests.conftest import FAIL_PLAY
+
+    repo = make_repo(web_tree())
+    args = ("run", "--source", repo.url, "--role", "web", "-e", f"out_dir={out_dir}", "--json")
+    first = run_cli(*args)
+    assert first.rc == 0, first.stderr
+    release = state_dir / "releases" / first.report["source"]["release"]
+    again = run_cli(*args)  # unmodified: reused, no warning (ansible leaves nothing behind)
+    assert again.rc == 0, again.stderr
+    assert not any("differs" in w for w in again.report["warnings"]), again.report["warnings"]
+    assert "not exported again" in again.stderr
+
+    (release / "playbooks" / "web.yml").write_text(FAIL_PLAY)
+    edited = run_cli(*args)
+    assert edited.rc == 0, edited.stderr  # the fetched play ran, not the edit
+    assert edited.report["source"]["release"] == first.report["source"]["release"]
+    assert any("playbooks/web.yml was changed" in w and "rebuilt" in w
+               for w in edited.report["warnings"]), edited.report["warnings"]
+    assert "differs from what was fetched" in edited.stderr
+    assert "broken" not in (release / "playbooks" / "web.yml").read_text()
+    assert not list((state_dir / "releases").glob(".staging-*"))
+
+
+def test_a_modified_last_good_release_is_refused_when_the_source_is_down(
+        make_repo: Any, daemon: GitDaemon, tmp_path: Path, out_dir: Path,
+        state_dir: Path) -> None:
+    repo = make_repo(web_tree())
+    _config(tmp_path, fetch={"retry_budget": 0.5})
+    args = ("run", "--source", daemon.url(repo.path.name), "--role", "web", "-e",
+            f"out_dir={out_dir}", "--json")
+    first = run_cli(*args)
+    assert first.rc == 0, first.stderr
+    release = state_dir / "releases" / first.report["source"]["release"]
+    (release / "playbooks" / "web.yml").write_text("- hosts: all\n  tasks:\n"
+                                                   "    - ansible.builtin.file: {path: "
+                                                   f"'{out_dir}/edited', state: touch}}\n")
+    daemon.stop()
+    down = run_cli(*args)
+    assert down.rc == 4, down.stderr
+    assert not (out_dir / "edited").exists(), "the edited release ran"
+    err = down.report["error"]
+    assert err["type"] == "IntegrityError"
+    assert "playbooks/web.yml was changed" in err["message"]
+    assert "last good release" in err["message"]
+
+
+# -- item 9: the release is a git checkout at the fetched commit ---------------------------
+
+
+STAMP_PLAY = textwrap.dedent("""\
+    - hosts: all
+      gather_facts: false
+      tasks:
+        - name: stamp the deployed revision
+          ansible.builtin.command: git rev-parse HEAD
+          args: {chdir: "{{ playbook_dir }}/.."}
+          register: rev
+          changed_when: false
+        - name: keep it
+          ansible.builtin.copy: {dest: "{{ out_dir }}/rev.txt", content: "{{ rev.stdout }}",
+                                 mode: "0644"}
+    """)
+
+
+def test_git_rev_parse_head_in_the_release_gives_the_revision(
+        make_repo: Any, tmp_path: Path, out_dir: Path, state_dir: Path) -> None:
+    repo = make_repo({"playbooks/web.yml": STAMP_PLAY})
+    repo.commit({"README": "second\n"})
+    args = ("run", "--source", repo.url, "--role", "web", "-e", f"out_dir={out_dir}", "--json")
+    res = run_cli(*args)
+    assert res.rc == 0, res.stderr
+    assert (out_dir / "rev.txt").read_text() == repo.head
+    release = state_dir / "releases" / res.report["source"]["release"]
+    assert git(release, "status", "--porcelain") == ""
+    assert not (release / ".git" / "config").read_text().count("[remote")
+    again = run_cli(*args)  # .git/index & co. are not part of the manifest: reused as is
+    assert again.rc == 0, again.stderr
+    assert not any("differs" in w for w in again.report["warnings"])
