@@ -364,3 +364,20 @@ def test_git_rev_parse_head_in_the_release_gives_the_revision(
     again = run_cli(*args)  # .git/index & co. are not part of the manifest: reused as is
     assert again.rc == 0, again.stderr
     assert not any("differs" in w for w in again.report["warnings"])
+
+
+def test_a_modified_dir_source_release_is_rebuilt_too(tmp_path: Path, out_dir: Path,
+                                                      state_dir: Path) -> None:
+    # The manifest is the state dir's, not git's: every source kind gets the same check.
+    from tests.conftest import FAIL_PLAY, write_tree
+
+    src = tmp_path / "tree"
+    write_tree(src, web_tree())
+    args = ("run", "--source", str(src), "--role", "web", "-e", f"out_dir={out_dir}", "--json")
+    first = run_cli(*args)
+    assert first.rc == 0, first.stderr
+    release = state_dir / "releases" / first.report["source"]["release"]
+    (release / "playbooks" / "web.yml").write_text(FAIL_PLAY)
+    edited = run_cli(*args)
+    assert edited.rc == 0, edited.stderr
+    assert any("playbooks/web.yml was changed" in w for w in edited.report["warnings"])
