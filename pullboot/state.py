@@ -4,6 +4,7 @@ Layout under ``state_dir``::
 
     runs/<run-id>/{report.json,events.jsonl}   one dir per run, newest kept
     releases/<release-id>/                      fetched trees, fully written
+    releases/<release-id>/.pullboot/manifest.json   what was fetched (checked before reuse)
     releases/.staging-*                         trees being written (never run)
     current -> releases/<release-id>            switched atomically (symlink rename)
     cache/<kind>/...                            git clones, downloaded bundles
