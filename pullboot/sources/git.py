@@ -65,8 +65,9 @@ log = logging.getLogger(__name__)
 # in this order: ssh and http say "could not read from remote repository" / "unable to
 # access" after every refusal, so the network phrases are the last resort, and only they
 # are transient (worth a retry or the last good release).
+# ("Warning: Permanently added the RSA host key for ..." is no failure: not matched.)
 _HOST_KEY = ("host key verification failed", "remote host identification has changed",
-             "host key for", "no matching host key type")
+             "you have requested strict checking", "no matching host key type")
 _AUTH = ("permission denied", "authentication failed", "returned error: 401",
          "returned error: 403", "could not read username", "could not read password",
          "terminal prompts disabled", "invalid username or password", "invalid credentials")

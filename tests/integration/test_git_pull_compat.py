@@ -141,6 +141,10 @@ SSH_DENIED = textwrap.dedent("""\
     Please make sure you have the correct access rights
     and the repository exists.
     """)
+SSH_ADDED_THEN_DENIED = (
+    "Warning: Permanently added the ED25519 host key for IP address '127.0.0.1' to the list "
+    "of known hosts.\ngit@127.0.0.1: Permission denied (publickey).\n"
+    "fatal: Could not read from remote repository.\n")
 GITHUB_NOT_FOUND = textwrap.dedent("""\
     ERROR: Repository not found.
     fatal: Could not read from remote repository.
@@ -154,11 +158,13 @@ GITHUB_NOT_FOUND = textwrap.dedent("""\
     (SSH_HOST_KEY, "HostKeyError", "Host key verification failed."),
     (SSH_CHANGED, "HostKeyError", "REMOTE HOST IDENTIFICATION HAS CHANGED"),
     (SSH_DENIED, "AuthError", "Permission denied (publickey)."),
+    (SSH_ADDED_THEN_DENIED, "AuthError", "Permission denied (publickey)."),
     (GITHUB_NOT_FOUND, "SourceNotFoundError", "ERROR: Repository not found."),
     ("ssh: connect to host 127.0.0.1 port 22: Connection refused\n"
      "fatal: Could not read from remote repository.\n", "TransientSourceError",
      "Connection refused"),
-], ids=["host-key-unknown", "host-key-changed", "publickey", "repo-not-found", "refused"])
+], ids=["host-key-unknown", "host-key-changed", "publickey", "tofu-then-publickey",
+        "repo-not-found", "refused"])
 def test_ssh_failures_are_classified_by_gits_words(stderr: str, kind: str, words: str) -> None:
     from pullboot.sources.git import _classify
 
