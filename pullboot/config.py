@@ -99,7 +99,8 @@ _BASE_SCHEMA: Final[tuple[Option, ...]] = (
     Option("fetch.retry_budget", "float", 60.0, "seconds to keep retrying an unreachable "
            "source before falling back", tier=LAUNCH),
     Option("git.full", "bool", False, "full clone instead of a shallow one", tier=LAUNCH),
-    Option("git.submodules", "bool", False, "fetch submodules too", tier=LAUNCH),
+    Option("git.submodules", "bool", True, "check submodules out too (as ansible-pull does)",
+           tier=LAUNCH),
     Option("git.ssh_key", "opt-str", None, "deploy key: a path, ssm:NAME or secretsmanager:ID"),
     Option("git.known_hosts", "opt-str", None, "known_hosts file for strict host-key checks"),
     Option("git.accept_new_host_key", "bool", False, "trust an unknown SSH host key on first "

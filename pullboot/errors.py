@@ -105,6 +105,14 @@ class AuthError(SourceError):
     """The source refused our credentials or host key: never retried, never silent."""
 
 
+class HostKeyError(AuthError):
+    """The SSH server's host key is unknown or changed (strict host-key checking)."""
+
+
+class SourceNotFoundError(SourceError):
+    """The source says the repository (or the ref in it) does not exist: never retried."""
+
+
 class PlaybookError(SourceError):
     """The fetched tree has no playbook for a resolved role, or none of a named one."""
 

@@ -25,8 +25,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pullboot import __version__, galaxy, sources
-from pullboot.errors import Canceled, ConfigError, SourceError, TransientSourceError
+from pullboot import __version__, galaxy, manifest, sources
+from pullboot.errors import (
+    Canceled,
+    ConfigError,
+    IntegrityError,
+    SourceError,
+    TransientSourceError,
+)
 from pullboot.model import Release, Resolution, SourceInfo
 from pullboot.retry import Backoff, Cancel, Deadline, retry
 from pullboot.state import release_id
@@ -101,13 +107,19 @@ def fetch_release(res: Resolution, *, switch: bool = True,
         return _last_good_or_raise(res, src, exc)
     rid = release_id(src.kind, revision)
     target = state.release(rid)
-    if target.is_dir():
-        log.info("release %s already present; not exported again", rid)
+    warnings = list(src.warnings)
+    problem = state.release_problem(rid) if target.is_dir() else None
+    if target.is_dir() and problem is None:
+        log.info("release %s already present and unmodified; not exported again", rid)
         os.utime(target)  # keep it newest for pruning
         if res.settings.get("galaxy.enabled"):  # a version: main requirement may have moved
             galaxy.refresh(target, cache=res.state.cache / "galaxy")
     else:
-        _build_release(res, src, rid)
+        if problem is not None:
+            warnings.append(f"release {rid} differs from what was fetched ({problem}); "
+                            "rebuilt from the source")
+            log.warning("%s", warnings[-1])
+        _build_release(res, src, rid, replace=problem is not None)
     if switch:
         state.switch_current(rid)
         protect = {rid, state.last_good_release() or ""}
@@ -115,16 +127,17 @@ def fetch_release(res: Resolution, *, switch: bool = True,
     info = SourceInfo(url=src.display_url, kind=src.kind, ref=res.settings.get("ref"),
                       revision=revision, release=rid)
     log.info("source %s (%s) at %s -> release %s", info.url, info.kind, revision, rid)
-    return Release(tree=target, info=info)
+    return Release(tree=target, info=info, warnings=tuple(warnings))
 
 
-def _build_release(res: Resolution, src: sources.Source, rid: str) -> None:
+def _build_release(res: Resolution, src: sources.Source, rid: str, *,
+                   replace: bool = False) -> None:
     staging = res.state.staging()
     try:
         src.export(staging)
         if res.settings.get("galaxy.enabled"):
             galaxy.install_requirements(staging, cache=res.state.cache / "galaxy")
-        res.state.commit_release(staging, rid)
+        res.state.commit_release(staging, rid, replace=replace)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise SourceError(f"could not store release {rid}: {exc.strerror}",
@@ -142,6 +155,13 @@ def _last_good_or_raise(res: Resolution, src: sources.Source,
         if rid is None:
             exc.hint = f"{exc.hint or ''} (no last good release to fall back to)".strip()
         raise exc
+    problem = res.state.release_problem(rid)
+    if problem is not None and (res.state.release(rid) / manifest.MANIFEST).exists():
+        raise IntegrityError(
+            f"source unreachable ({exc.message}), and the last good release {rid} differs "
+            f"from what was fetched ({problem}): not run",
+            hint="undo the change on the host, or let pullboot fetch the release again once "
+            "the source is reachable; a release edited in place is never run") from None
     record = res.state.last_success() or {}
     log.warning("source unreachable (%s); running the last good release %s", exc.message, rid)
     info = SourceInfo(url=src.display_url, kind=src.kind, ref=res.settings.get("ref"),

@@ -182,6 +182,9 @@ class Release:
 
     tree: Path
     info: SourceInfo
+    # For the report: what the fetch noticed (a tree with submodules not checked out, a
+    # release modified on the host and rebuilt).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,7 @@ def run(req: Request) -> RunResult:
         _phase(req, "fetch", run_id)
         release = fetch.fetch_release(res, cancel=req.cancel)
         ctx.source = release.info
+        ctx.warnings.extend(release.warnings)
         _check_cancel(req)
         books = _select(res, release.tree)
         ctx.playbooks = [str(p.relative_to(release.tree)) for p in books]

@@ -4,6 +4,7 @@ Layout under ``state_dir``::
 
     runs/<run-id>/{report.json,events.jsonl}   one dir per run, newest kept
     releases/<release-id>/                      fetched trees, fully written
+    releases/<release-id>/.pullboot/manifest.json   what was fetched (checked before reuse)
     releases/.staging-*                         trees being written (never run)
     current -> releases/<release-id>            switched atomically (symlink rename)
     cache/<kind>/...                            git clones, downloaded bundles
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from pullboot import manifest
 from pullboot.atomic import (
     fsync_dir,
     read_bytes,
@@ -149,10 +151,21 @@ class StateDir:
     def release(self, rid: str) -> Path:
         return self.releases / rid
 
-    def commit_release(self, staging: Path, rid: str) -> Path:
-        """Move a complete staging dir into place as release ``rid`` (idempotent)."""
+    def commit_release(self, staging: Path, rid: str, *, replace: bool = False) -> Path:
+        """Move a complete staging dir into place as release ``rid``, with its manifest.
+
+        Idempotent: an existing release ``rid`` is kept, unless ``replace`` (it was
+        modified on the host): it is then moved aside, the new one renamed in,
+        and the old one removed (a crash in between leaves a ``.staging-*`` dir
+        that the next run removes, and no release ``rid``, so it is fetched again).
+        """
         target = self.release(rid)
+        manifest.record(staging)
         _fsync_tree(staging)
+        if replace and target.is_dir():
+            aside = self.releases / f".staging-{os.getpid()}-{secrets.token_hex(4)}-modified"
+            target.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
         try:
             staging.rename(target)
         except OSError:
@@ -162,6 +175,10 @@ class StateDir:
             shutil.rmtree(staging, ignore_errors=True)
         fsync_dir(self.releases)
         return target
+
+    def release_problem(self, rid: str) -> str | None:
+        """None when release ``rid`` is what was committed, else what changed on the host."""
+        return manifest.verify(self.release(rid))
 
     def switch_current(self, rid: str) -> None:
         """Point ``current`` at release ``rid`` with one atomic rename."""

@@ -40,6 +40,8 @@ class Source(ABC):
         # Bounds the I/O of fetch/remote_revision (set by the caller, see fetch.py);
         # a source raises TransientSourceError when it passes or is canceled.
         self.deadline: Deadline = unbounded()
+        # What the last fetch noticed that the operator should know (report warnings).
+        self.warnings: list[str] = []
 
     @property
     def display_url(self) -> str:

@@ -52,29 +52,51 @@ from pullboot import secrets
 from pullboot.errors import (
     AuthError,
     ConfigError,
+    HostKeyError,
     IntegrityError,
     SourceError,
+    SourceNotFoundError,
     TransientSourceError,
 )
 from pullboot.retry import Deadline
-from pullboot.sources.base import Source, register
+from pullboot.sources.base import Source, redact_url, register
 
 log = logging.getLogger(__name__)
 
-# Phrases in git's stderr that mean "could not reach the server" rather than
-# "the server said no": only these may fall back to the last good release.
+# Git's own words (anywhere in its stderr, lower-cased) for each kind of failure, checked
+# in this order: ssh and http say "could not read from remote repository" / "unable to
+# access" after every refusal, so the network phrases are the last resort, and only they
+# are transient (worth a retry or the last good release).
+# ("Warning: Permanently added the RSA host key for ..." is no failure: not matched.)
+_HOST_KEY = ("host key verification failed", "remote host identification has changed",
+             "you have requested strict checking", "no matching host key type")
+_AUTH = ("permission denied", "authentication failed", "returned error: 401",
+         "returned error: 403", "could not read username", "could not read password",
+         "terminal prompts disabled", "invalid username or password", "invalid credentials")
+_REPO_NOT_FOUND = ("does not appear to be a git repository", "repository not found",
+                   "access denied or repository not exported", "no such repository",
+                   "returned error: 404", "' not found")
+_REF_NOT_FOUND = ("couldn't find remote ref", "not our ref", "no such ref", "invalid refspec",
+                  "unknown revision")
+_REFUSED = ("transport '", "not allowed", "unsupported protocol", "disallowed")
 _TRANSIENT = (
-    "could not resolve host", "connection refused", "connection timed out",
-    "unable to access", "could not read from remote repository",
+    "could not resolve host", "could not resolve hostname", "connection refused",
+    "connection timed out", "unable to access", "could not read from remote repository",
     "the remote end hung up", "early eof", "operation timed out", "network is unreachable",
-    "failed to connect", "unable to connect", "connection reset", "http 5",
-    "returned error: 5", "unexpected disconnect",
+    "no route to host", "failed to connect", "unable to connect", "connection reset",
+    "connection closed", "http 5", "returned error: 5", "unexpected disconnect",
+    "temporary failure in name resolution",
 )
-_NOT_FOUND = ("couldn't find remote ref", "not our ref", "no such ref", "invalid refspec",
-              "unknown revision")
-_AUTH = ("authentication failed", "permission denied", "returned error: 401",
-         "returned error: 403", "host key verification failed", "could not read username")
+# git's boilerplate after every remote refusal: says nothing about the cause.
+_NOISE = ("please make sure you have the correct access rights", "and the repository exists.",
+          "hint:")
+_MAX_LINES: Final = 6
+_MAX_LINE: Final = 300
+_URL_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+_AUTH_HEADER_RE: Final = re.compile(r"(?i)(authorization:\s*\w+\s+)\S+")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+# An abbreviated commit sha, as ``git log --oneline`` shows it (7 digits) up to one short of full.
+_SHORT_SHA_RE = re.compile(r"^[0-9a-fA-F]{7,39}$")
 _SSH_KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-")
 # Local commands (verify, gpg import) get this long at most, deadline or not.
 _LOCAL_TIMEOUT_S: Final = 60.0
@@ -122,34 +144,71 @@ class GitSource(Source):
 
     def fetch(self) -> str:
         ref = self.spec.ref or "HEAD"
+        self.warnings = []
         self._open_or_init()
         depth = [] if self.opt("full") else ["--depth", "1"]
         with self._auth_env() as env:
-            self._git(["fetch", "--no-tags", "--force", *depth, "--end-of-options",
-                       "origin", ref], env, ref)
-            sha = self._git(["rev-parse", "--verify", "--end-of-options",
-                             "FETCH_HEAD^{commit}"], env, ref).strip()
-            if not _SHA_RE.match(sha):
-                raise SourceError(f"git {self.display_url}: {ref!r} is not a commit ({sha[:50]})",
-                                  hint="use an existing branch, tag or full commit sha")
+            try:
+                self._git(["fetch", "--no-tags", "--force", *depth, "--end-of-options",
+                           "origin", ref], env, ref)
+                sha = self._commit_of("FETCH_HEAD", env, ref)
+            except SourceNotFoundError:
+                if not _SHORT_SHA_RE.match(ref):
+                    raise
+                sha = self._fetch_short_sha(ref, env)
             self._git(["reset", "-q", "--hard", sha, "--"], env, ref)
             self._git(["clean", "-q", "-ffdx"], env, ref)
-            if self.opt("submodules"):
-                self._git(["submodule", "update", "--init", "--recursive", *depth], env, ref)
+            self._submodules(depth, env, ref)
         if self.opt("verify_commit"):
             self._verify(sha)
         log.info("git %s at %s is %s", self.display_url, ref, sha[:12])
         return sha
 
     def export(self, dest: Path) -> None:
+        """The checked-out tree (submodules included, their ``.git`` links not), plus a
+        one-commit ``.git`` of its own at the fetched commit, so that a play running
+        ``git rev-parse HEAD`` (or ``git log -1``) in the release gets the revision.
+
+        The release's ``.git`` holds a copy of that commit's objects (fetched from
+        the cache repo, no remote, no hooks): it never depends on the cache.
+        """
         shutil.copytree(self.repo_dir, dest, symlinks=True, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(".git"))
+        local = Deadline.after(_LOCAL_TIMEOUT_S, cancel=self.deadline.cancel)
+        env = _base_env(local)
+        sha = self._local(["rev-parse", "--verify", "HEAD^{commit}"], self.repo_dir, env,
+                          local).strip()
+        for args in (["init", "-q", "--template="],
+                     ["fetch", "-q", "--no-tags", "--depth", "1", "--end-of-options",
+                      str(self.repo_dir), sha],
+                     ["update-ref", "--no-deref", "HEAD", sha],
+                     ["reset", "-q", "--no-refresh"]):
+            self._local(args, dest, env, local)
+        # pullboot's own files (manifest, galaxy installs) are no change to the checkout.
+        (dest / ".git" / "info").mkdir(exist_ok=True)
+        (dest / ".git" / "info" / "exclude").write_text("/.pullboot/\n")
+
+    def _local(self, args: list[str], cwd: Path, env: dict[str, str],
+               deadline: Deadline) -> str:
+        """A local git command (no network) in ``cwd``; SourceError with git's words on failure."""
+        proc = _run_bounded(["git", *args], cwd=cwd, env=env, deadline=deadline,
+                            what=f"git {args[0]}")
+        if proc.returncode != 0:
+            raise SourceError(f"could not make the release a git checkout: git {args[0]} "
+                              f"failed (git: {git_words(proc.stderr)})",
+                              hint="check the state dir is writable and git is installed")
+        return proc.stdout
 
     def remote_revision(self) -> str:
         """``git ls-remote`` (no clone, no download)."""
         ref = self.spec.ref or "HEAD"
         if _SHA_RE.match(ref):
             return ref
+        if _SHORT_SHA_RE.match(ref):
+            # ls-remote shows no commit by a prefix: a commit the cache already has is
+            # immutable, so it answers; else only a fetch can tell.
+            known = self._known_commit(ref)
+            return known or self.fetch()
         with self._auth_env() as env:
             proc = _run_bounded(["git", "ls-remote", "--end-of-options", git_url(self.spec.url),
                                  ref], env=env, deadline=self.deadline,
@@ -163,10 +222,85 @@ class GitSource(Source):
         for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
             if name in refs:
                 return refs[name]
-        raise SourceError(f"git {self.display_url}: ref {ref!r} not found",
+        raise SourceNotFoundError(f"git {self.display_url}: ref {ref!r} not found",
                           hint="use an existing branch, tag or full commit sha")
 
+    def _submodules(self, depth: list[str], env: dict[str, str], ref: str) -> None:
+        """Check the tree's submodules out (``git.submodules``, on by default), or warn.
+
+        Their URLs come from the repo, but the transport allow-list in the
+        environment (:func:`_base_env`) reaches every git the submodule command
+        starts: ``ext::`` and other helpers stay refused. A shallow update that
+        the server refuses (a submodule commit that is no branch tip) is retried
+        with history, all under the same deadline.
+        """
+        if not (self.repo_dir / ".gitmodules").is_file():
+            return
+        if not self.opt("submodules"):
+            msg = ("the tree has submodules (.gitmodules) but git.submodules is off: they are "
+                   "not checked out, so their directories are empty")
+            log.warning("%s", msg)
+            self.warnings.append(msg)
+            return
+        cmd = ["submodule", "update", "--init", "--recursive", "--force"]
+        try:
+            self._git([*cmd, *depth], env, ref)
+        except TransientSourceError:
+            raise
+        except SourceError as exc:
+            if not depth or "transport" in exc.message.lower():
+                raise
+            log.info("shallow submodule update refused (%s); fetching their history",
+                     exc.message)
+            self._git(cmd, env, ref)
+
+    def _known_commit(self, ref: str) -> str | None:
+        """The full sha of the commit ``ref`` (a short sha) names in the cache, if it has one."""
+        if not (self.repo_dir / ".git").is_dir():
+            return None
+        proc = _run_bounded(["git", "rev-parse", "--verify", "--quiet", "--end-of-options",
+                             f"{ref}^{{commit}}"], cwd=self.repo_dir,
+                            env=_base_env(self.deadline), deadline=self.deadline,
+                            what="git rev-parse")
+        sha = proc.stdout.strip().lower()
+        return sha if proc.returncode == 0 and sha.startswith(ref.lower()) else None
+
     # -- internals -------------------------------------------------------------
+
+    def _commit_of(self, rev: str, env: dict[str, str], ref: str) -> str:
+        sha = self._git(["rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}"],
+                        env, ref).strip()
+        if not _SHA_RE.match(sha):
+            raise SourceError(f"git {self.display_url}: {ref!r} is not a commit ({sha[:50]})",
+                              hint="use an existing branch, tag or full commit sha")
+        return sha
+
+    def _fetch_short_sha(self, ref: str, env: dict[str, str]) -> str:
+        """An abbreviated sha the server cannot fetch by name, as ansible-pull's ``-C`` takes it.
+
+        Fetches every branch and tag with their whole history (the documented
+        fallback: a short sha may name any commit), bounded by the fetch
+        deadline, and resolves ``ref`` locally; an ambiguous prefix is refused.
+        """
+        log.info("git %s: %r is no ref there; fetching all branches and tags to find the "
+                 "commit it abbreviates", self.display_url, ref)
+        unshallow = ["--unshallow"] if (self.repo_dir / ".git" / "shallow").exists() else []
+        self._git(["fetch", "--no-tags", "--force", *unshallow, "--end-of-options", "origin",
+                   "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"], env, ref)
+        proc = _run_bounded(["git", "rev-parse", "--verify", "--end-of-options",
+                             f"{ref}^{{commit}}"], cwd=self.repo_dir, env=env,
+                            deadline=self.deadline, what="git rev-parse")
+        sha = proc.stdout.strip().lower()
+        if proc.returncode == 0 and _SHA_RE.match(sha) and sha.startswith(ref.lower()):
+            return sha
+        if "ambiguous" in proc.stderr.lower():
+            raise SourceError(f"git {self.display_url}: the short sha {ref!r} is ambiguous "
+                              f"(git: {git_words(proc.stderr)})",
+                              hint="give more digits of the commit sha, or the full sha")
+        raise SourceNotFoundError(f"git {self.display_url}: ref {ref!r} not found: no branch "
+                                  "or tag by that name, and no commit on a branch or tag "
+                                  "starts with it",
+                                  hint="use an existing branch, tag or commit sha")
 
     def _git(self, args: list[str], env: dict[str, str], ref: str) -> str:
         """``git ARGS`` in the cache repo, bounded by the deadline; classified SourceError."""
@@ -395,19 +529,62 @@ def clear_stale_locks(git_dir: Path) -> list[Path]:
     return removed
 
 
+def git_words(stderr: str, fallback: str = "") -> str:
+    """git's own relevant lines from ``stderr``: bounded, credentials redacted.
+
+    Blank lines, ``hint:`` lines and the "make sure you have the correct access
+    rights" boilerplate are dropped, repeated lines kept once; at most
+    :data:`_MAX_LINES` lines of :data:`_MAX_LINE` characters. URLs lose any
+    user:password (:func:`redact_url`) and an ``Authorization:`` value is
+    masked, so the text is safe for logs and reports.
+    """
+    lines: list[str] = []
+    for raw in (stderr or "").splitlines():
+        line = raw.strip()
+        if not line or line.lower().startswith(_NOISE) or line in lines:
+            continue
+        line = _URL_RE.sub(lambda m: redact_url(m.group(0)), line)
+        line = _AUTH_HEADER_RE.sub(r"\1***", line)
+        lines.append(line if len(line) <= _MAX_LINE else line[:_MAX_LINE] + "...")
+        if len(lines) == _MAX_LINES:
+            break
+    return " / ".join(lines) or fallback
+
+
+# (git's phrases, error class, what it means, the fix), in the order they are checked.
+_KINDS: Final[tuple[tuple[tuple[str, ...], type[SourceError], str, str], ...]] = (
+    (_HOST_KEY, HostKeyError, "the SSH host key is not trusted",
+     "add the server's key to git.known_hosts (ssh-keyscan, checked by hand), or opt in to "
+     "trust on first use with git.accept_new_host_key: true"),
+    (_AUTH, AuthError, "access denied",
+     "check the deploy key (git.ssh_key) or token (git.token) the instance uses, and that it "
+     "may read this repository"),
+    (_REPO_NOT_FOUND, SourceNotFoundError, "repository not found",
+     "check the source URL; a private repository may also answer 'not found' to a key or "
+     "token that may not read it"),
+    (_REF_NOT_FOUND, SourceNotFoundError, "ref {ref!r} not found",
+     "use an existing branch, tag or commit sha"),
+    (_REFUSED, SourceError, "refused",
+     "pullboot allows only the https, http, ssh, git and file transports (for submodules "
+     "too)"),
+)
+
+
 def _classify(stderr: Any, fallback: str, url: str, ref: str) -> SourceError:
-    text = str(stderr or "").strip()
-    last = text.splitlines()[-1].strip() if text else fallback
+    """The error for a failed git command, by git's own words (all of stderr).
+
+    Host key, auth, repository or ref not found, a refused transport: permanent
+    (never retried, never the last good release). Only a network failure is
+    transient. The message carries git's relevant lines (:func:`git_words`).
+    """
+    text = str(stderr or "")
+    said = git_words(text, fallback)
     low = text.lower()
-    if any(p in low for p in _NOT_FOUND):
-        return SourceError(f"git {url}: ref {ref!r} not found ({last})",
-                           hint="use an existing branch, tag or full commit sha")
-    if any(p in low for p in _AUTH):
-        return AuthError(f"git {url}: access denied ({last})",
-                              hint="check the deploy key, token or known_hosts the instance "
-                              "uses")
+    for phrases, cls, what, hint in _KINDS:
+        if any(p in low for p in phrases):
+            return cls(f"git {url}: {what.format(ref=ref)} (git: {said})", hint=hint)
     if any(p in low for p in _TRANSIENT):
-        return TransientSourceError(f"git {url} is unreachable ({last})",
+        return TransientSourceError(f"git {url} is unreachable (git: {said})",
                                     hint="check the network path and that the server is up")
-    return SourceError(f"git fetch of {url} at {ref!r} failed: {last}",
-                       hint="run the same git fetch by hand to see why")
+    return SourceError(f"git fetch of {url} at {ref!r} failed (git: {said})",
+                       hint="run the same git command by hand to see why")
