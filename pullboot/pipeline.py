@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pullboot import __version__, config, playbooks, roles, trust
+from pullboot import __version__, config, playbooks, roles, trust, values
 from pullboot.atomic import write_json_atomic
 from pullboot.errors import Canceled, ConfigError, PlayError, PullbootError, StateError
 from pullboot.events import EventRecorder, ansible_error
@@ -268,8 +268,8 @@ def plan(req: Request) -> Plan:
     books = _select(res, release.tree)
     chosen = _inventories(res, release.tree)
     would_run, reason = _would_run(res, release.info)
-    shown = {k: {"value": r.value, "origin": r.origin} for k, r in res.settings.resolved.items()
-             if k != "vars"}  # every setting, defaults included
+    shown = {k: {"value": values.shown(k, r.value), "origin": r.origin}
+             for k, r in res.settings.resolved.items() if k != "vars"}  # defaults included
     return Plan(
         instance=res.identity.as_dict(), identity_from=res.identity.source,
         roles=[{"name": r.name, "origin": r.origin} for r in res.roles],
@@ -371,8 +371,8 @@ def _report(ctx: _RunContext, *, status: RunStatus, exit_code: int,
 
 def shown_settings(settings: config.Settings) -> dict[str, dict[str, Any]]:
     """Every non-default setting as ``{key: {value, origin}}`` (plan and the report)."""
-    return {k: {"value": r.value, "origin": r.origin} for k, r in settings.resolved.items()
-            if r.origin not in ("default", "merged")}
+    return {k: {"value": values.shown(k, r.value), "origin": r.origin}
+            for k, r in settings.resolved.items() if r.origin not in ("default", "merged")}
 
 
 def _write_report(ctx: _RunContext, req: Request, report: Report) -> Path | None:
@@ -523,7 +523,8 @@ def _check_source_choice(settings: config.Settings) -> None:
 def _log_origins(settings: config.Settings) -> None:
     for key, value in settings.resolved.items():
         if value.origin not in ("default", "merged"):
-            log.info("setting %s = %r (from %s)", key, value.value, value.origin)
+            log.info("setting %s = %r (from %s)", key, values.shown(key, value.value),
+                     value.origin)
     for name, r in settings.vars.items():
         log.info("var %s (from %s)", name, r.origin)  # values may be sensitive
 

@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Callable
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 MAX_REF: Final = 255
 MAX_URL: Final = 2048
@@ -27,6 +27,35 @@ GIT_SCHEMES: Final = frozenset({"https", "http", "ssh", "git", "file"})
 _CONTROL_RE: Final = re.compile(r"[\x00-\x20\x7f]")
 _SCP_RE: Final = re.compile(r"^[\w.-]+@[\w.-]+:(?!/)[^\s]*$")
 _HOST_LABEL_RE: Final = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def redact_url(url: str) -> str:
+    """Drop user:password from a URL (tokens in URLs must never be logged or reported).
+
+    A value that does not parse as a URL comes back whole: it has no userinfo to drop.
+    """
+    try:
+        parts = urlsplit(url)
+        username, password, port = parts.username, parts.password, parts.port
+    except ValueError:
+        return url
+    if username is None and password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal: keep its brackets
+        host = f"[{host}]"
+    if port:
+        host = f"{host}:{port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+# Settings whose values are URLs that may carry user:password.
+URL_SETTINGS: Final = frozenset({"source", "results.s3"})
+
+
+def shown(key: str, value: object) -> object:
+    """``value`` as logs, ``plan`` and reports may show it: URLs without credentials."""
+    return redact_url(value) if key in URL_SETTINGS and isinstance(value, str) else value
 
 
 def check_git_ref(ref: str) -> str:
@@ -62,15 +91,15 @@ def check_source_url(url: str) -> str:
     if not url or len(url) > MAX_URL:
         raise ValueError(f"a source URL must hold 1 to {MAX_URL} characters")
     if url.startswith("-"):
-        raise ValueError(f"{url[:80]!r} starts with '-' (a program would read it as an "
-                         "option)")
+        raise ValueError(f"{redact_url(url)[:80]!r} starts with '-' (a program would read it "
+                         "as an option)")
     if _CONTROL_RE.search(url):
         raise ValueError("the source URL holds a space or a control character")
     bare = url[4:] if url.startswith("git+") else url
     head = bare.split("/", 1)[0]
     if "::" in head:
-        raise ValueError(f"{url[:80]!r} uses git's '<transport>::' remote-helper syntax, "
-                         "which runs a program")
+        raise ValueError(f"{redact_url(url)[:80]!r} uses git's '<transport>::' remote-helper "
+                         "syntax, which runs a program")
     scheme = urlsplit(bare).scheme.lower()
     if url.startswith("git+") and scheme not in GIT_SCHEMES and not _SCP_RE.match(bare):
         raise ValueError(f"git+{scheme}:// is not a git transport pullboot allows "

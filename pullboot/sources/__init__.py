@@ -7,7 +7,6 @@ cancel event, nor kill its children, so it is not on the fetch path.
 """
 
 from pullboot.sources import dirsource, git, s3
-from pullboot.sources.base import Source, SourceSpec, create, detect_kind, kinds, redact_url
+from pullboot.sources.base import Source, SourceSpec, create, detect_kind, kinds
 
-__all__ = ["Source", "SourceSpec", "create", "detect_kind", "dirsource", "git", "kinds",
-           "redact_url", "s3"]
+__all__ = ["Source", "SourceSpec", "create", "detect_kind", "dirsource", "git", "kinds", "s3"]

@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pullboot.errors import ConfigError
 from pullboot.retry import Deadline, unbounded
+from pullboot.values import redact_url
 
 
 @dataclass(frozen=True)
@@ -106,16 +107,3 @@ def create(spec: SourceSpec, cache_root: Path) -> Source:
     if cls is None:  # pragma: no cover - every detected kind is registered
         raise ConfigError(f"no source of kind {kind!r}", hint=f"use one of {kinds()}")
     return cls(spec, cache_root / kind)
-
-
-def redact_url(url: str) -> str:
-    """Drop user:password from a URL (tokens in URLs must never be logged)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal: keep its brackets
-        host = f"[{host}]"
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pullboot import secrets
 from pullboot.errors import (
@@ -59,7 +59,8 @@ from pullboot.errors import (
     TransientSourceError,
 )
 from pullboot.retry import Deadline
-from pullboot.sources.base import Source, redact_url, register
+from pullboot.sources.base import Source, register
+from pullboot.values import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,18 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+def _http_userinfo(url: str) -> str | None:
+    """``user:password`` of an http(s) URL that carries a password, else None."""
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or password is None:
+        return None
+    return f"{unquote(user or '')}:{unquote(password)}"
+
+
 def git_url(url: str) -> str:
     """The URL git itself understands (``git+https://x`` -> ``https://x``)."""
     return url[4:] if url.startswith("git+") else url
@@ -135,8 +148,14 @@ class GitSource(Source):
     kind = "git"
 
     @property
+    def remote_url(self) -> str:
+        """The URL git is given: ``git+`` dropped, and any password taken out of it."""
+        url = git_url(self.spec.url)
+        return redact_url(url) if _http_userinfo(url) else url
+
+    @property
     def repo_dir(self) -> Path:
-        key = hashlib.sha256(git_url(self.spec.url).encode()).hexdigest()[:16]
+        key = hashlib.sha256(self.remote_url.encode()).hexdigest()[:16]
         return self.cache_dir / key
 
     def opt(self, name: str) -> Any:
@@ -156,11 +175,13 @@ class GitSource(Source):
                 if not _SHORT_SHA_RE.match(ref):
                     raise
                 sha = self._fetch_short_sha(ref, env)
+            if self.opt("verify_commit"):
+                # Before the checkout: an unsigned commit's .gitmodules must not make git
+                # fetch anything, and its tree must not land in the cache's work tree.
+                self._verify(sha)
             self._git(["reset", "-q", "--hard", sha, "--"], env, ref)
             self._git(["clean", "-q", "-ffdx"], env, ref)
             self._submodules(depth, env, ref)
-        if self.opt("verify_commit"):
-            self._verify(sha)
         log.info("git %s at %s is %s", self.display_url, ref, sha[:12])
         return sha
 
@@ -210,7 +231,7 @@ class GitSource(Source):
             known = self._known_commit(ref)
             return known or self.fetch()
         with self._auth_env() as env:
-            proc = _run_bounded(["git", "ls-remote", "--end-of-options", git_url(self.spec.url),
+            proc = _run_bounded(["git", "ls-remote", "--end-of-options", self.remote_url,
                                  ref], env=env, deadline=self.deadline,
                                 what=f"git ls-remote {self.display_url}")
         if proc.returncode != 0:
@@ -314,7 +335,7 @@ class GitSource(Source):
     def _open_or_init(self) -> None:
         """The cache repo, ready for a fetch: stale locks gone, origin set, or made afresh."""
         path = self.repo_dir
-        url = git_url(self.spec.url)
+        url = self.remote_url
         base_env = _base_env(self.deadline)
         if (path / ".git").is_dir():
             clear_stale_locks(path / ".git")
@@ -348,7 +369,13 @@ class GitSource(Source):
             basic = base64.b64encode(f"{user}:{token.strip()}".encode()).decode()
             # Scoped to the source's own origin: a submodule (or a redirect) on another
             # host never gets the header.
-            extra.append((f"http.{_origin_of(git_url(self.spec.url))}/.extraHeader",
+            extra.append((f"http.{_origin_of(self.remote_url)}/.extraHeader",
+                          f"Authorization: Basic {basic}"))
+        elif userinfo := _http_userinfo(git_url(self.spec.url)):
+            # user:password written into an http(s) URL: sent the same way (scoped header),
+            # so the password is never in git's config, argv or the cache repo on disk.
+            basic = base64.b64encode(userinfo.encode()).decode()
+            extra.append((f"http.{_origin_of(self.remote_url)}/.extraHeader",
                           f"Authorization: Basic {basic}"))
         env = _base_env(self.deadline, extra)
         with secrets.private_tempdir("pullboot-git-") as tmp:
@@ -375,7 +402,7 @@ class GitSource(Source):
         """
         if not (self.opt("token") or self.opt("ssh_key")):
             return False
-        url = git_url(self.spec.url)
+        url = self.remote_url
         host = (urlsplit(url).hostname or "").lower()
         listed = {h.lower() for h in self.opt("credential_hosts") or []}
         if not (self.spec.options.get("source_from_host") or (host and host in listed)):

@@ -158,6 +158,30 @@ def test_verify_commit(make_repo: Any, gpg_home: Any, tmp_path: Path, out_dir: P
     assert "not allowed" in stranger.report["error"]["message"]
 
 
+def test_an_unsigned_commit_fetches_no_submodule_before_it_is_refused(
+        make_repo: Any, gpg_home: Any, tmp_path: Path, state_dir: Path) -> None:
+    # Verification comes before the checkout: an unsigned commit's .gitmodules must not make
+    # git contact anything (it could send credentials there, or fetch a hostile tree).
+    from tests.fakes.blackhole import Blackhole
+
+    _env, fpr, pub = gpg_home("release")
+    with Blackhole(lifetime_s=60) as hole:
+        repo = make_repo({**web_tree(), ".gitmodules": (
+            f'[submodule "evil"]\n\tpath = roles/evil\n'
+            f"\turl = git://127.0.0.1:{hole.port}/evil.git\n")})
+        # A real gitlink, so that `git submodule update` would clone from that URL.
+        subprocess.run(["git", "update-index", "--add", "--cacheinfo",
+                        f"160000,{'1' * 40},roles/evil"], cwd=repo.path, check=True)
+        subprocess.run(["git", "commit", "-qm", "add a submodule"], cwd=repo.path, check=True)
+        _config(tmp_path, git={"verify_commit": True, "allowed_signers": [fpr],
+                               "gpg_keys": [str(pub)], "submodules": True},
+                fetch={"retry_budget": 5})
+        res = run_cli("run", "--source", repo.url, "--role", "web", "--json")
+        assert res.rc == 4, res.stderr
+        assert "not signed" in res.report["error"]["message"]
+        assert hole.accepted == 0
+
+
 # -- private repos over HTTPS ------------------------------------------------------
 
 

@@ -375,3 +375,36 @@ def test_host_git_token_never_goes_to_a_server_user_data_chose(
                                    "credential_hosts": ["127.0.0.1"]}})
         res = run_cli("run", "--json", "-e", f"out_dir={tmp_path}")
         assert res.rc == 0, res.stderr
+
+
+def test_credentials_in_a_source_url_are_never_logged_or_reported(make_repo: Any,
+                                                                   state_dir: Path) -> None:
+    # The URL does not resolve to a server: what matters is what is shown of it.
+    url = "git+https://bot:tok3n-c4nary-never-shown@git.invalid/ops/boot.git"
+    for command in ("plan", "run"):
+        res = run_cli(command, "--role", "web", "--source", url, "--json",
+                      env={"PULLBOOT_FETCH_RETRY_BUDGET": "5"})
+        assert "tok3n-c4nary-never-shown" not in res.stdout + res.stderr, command
+    leaked = [p for p in state_dir.rglob("*") if p.is_file()
+              and b"tok3n-c4nary-never-shown" in p.read_bytes()]
+    assert leaked == []
+
+
+def test_a_password_in_the_url_still_authenticates_but_never_reaches_disk(
+        make_repo: Any, tmp_path: Path, state_dir: Path, out_dir: Path) -> None:
+    from tests.fakes.githttp import GitHttpServer
+
+    token = "url-pass-5b2e90c1"
+    repo = make_repo(web_tree())
+    served = tmp_path / "served"
+    served.mkdir()
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.path), str(served / "b.git")],
+                   check=True)
+    with GitHttpServer(served, token=token) as server:
+        url = server.url.replace("http://", f"git+http://bot:{token}@") + "/b.git"
+        res = run_cli("run", "--role", "web", "--source", url, "-e", f"out_dir={out_dir}")
+        assert res.rc == 0, res.stderr
+        assert server.auth_headers and server.unauthorized == 0
+    assert token not in res.stdout + res.stderr
+    assert [p for p in state_dir.rglob("*") if p.is_file() and token.encode() in p.read_bytes()
+            ] == []

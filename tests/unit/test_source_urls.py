@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from pullboot import errors
-from pullboot.sources import detect_kind, kinds, redact_url
+from pullboot.sources import detect_kind, kinds
+from pullboot.values import redact_url
 
 TABLE: dict[str, list[dict[str, Any]]] = yaml.safe_load(
     (Path(__file__).resolve().parent.parent / "fixtures" / "sources" / "urls.yaml")
