@@ -293,7 +293,7 @@ def test_roles_as_submodules_same_outcome(tmp_path: Path, daemon: GitDaemon) -> 
     theirs = ansible_pull(tmp_path, args)
     # ansible-pull always checks submodules out; pullboot's git.submodules is off by
     # default in this base (issue 13 item 5 turns it on): set it, keep the args equal.
-    ours, report = pullboot_pull(tmp_path, args, env={"PULLBOOT_GIT_SUBMODULES": "true"})
+    ours, report = pullboot_pull(tmp_path, args)  # submodules are on by default, as there
     _same(theirs, ours)
     assert "write the motd" in " ".join(ours.tasks)
     assert report["playbooks"] == ["local.yml"]
