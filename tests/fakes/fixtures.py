@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import boto3  # type: ignore[import-untyped, unused-ignore]  # typed by boto3-stubs
@@ -32,6 +33,7 @@ import pytest
 
 from tests.fakes.awsquery import FakeAwsQuery
 from tests.fakes.faultproxy import FaultProxy
+from tests.fakes.gitdaemon import GitDaemon
 from tests.fakes.imds import FakeIMDS
 from tests.fakes.moto import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, MotoServer
 
@@ -150,3 +152,21 @@ def fault_proxy(
     yield make
     for proxy in reversed(made):
         proxy.stop()
+
+
+@pytest.fixture
+def git_daemon_at() -> Iterator[Callable[[Path], GitDaemon]]:
+    """Factory of started ``git daemon`` servers on 127.0.0.1, each serving a directory;
+    all stopped after the test."""
+    started: list[GitDaemon] = []
+
+    def make(root: Path) -> GitDaemon:
+        root.mkdir(parents=True, exist_ok=True)
+        daemon = GitDaemon(root)
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()

@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,13 +164,8 @@ def pullboot_pull(tmp_path: Path, args: list[str],
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[GitDaemon]:
-    root = tmp_path / "served"
-    root.mkdir()
-    d = GitDaemon(root)
-    d.start()
-    yield d
-    d.stop()
+def daemon(tmp_path: Path, git_daemon_at: Callable[[Path], GitDaemon]) -> GitDaemon:
+    return git_daemon_at(tmp_path / "served")
 
 
 def _repo(path: Path, files: Mapping[str, str]) -> GitRepo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,8 @@ from tests.fakes.githttp import GitHttpServer
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[GitDaemon]:
-    d = GitDaemon(tmp_path)
-    d.start()
-    yield d
-    d.stop()
+def daemon(tmp_path: Path, git_daemon_at: Callable[[Path], GitDaemon]) -> GitDaemon:
+    return git_daemon_at(tmp_path)
 
 
 def _config(tmp_path: Path, **settings: Any) -> None:
