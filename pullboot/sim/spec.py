@@ -88,7 +88,7 @@ class InstanceSpec:
         if self.user_data is not None:
             return self.user_data.encode()
         section: dict[str, Any] = {}
-        if self.source:
+        if self.source and not self._host_source():
             section["source"] = source_for_instance(self.source)
         if self.ref:
             section["ref"] = self.ref
@@ -133,8 +133,16 @@ class InstanceSpec:
         }
         if s3_url is not None:
             env["AWS_ENDPOINT_URL"] = for_instance(s3_url)
+        if self._host_source():
+            # A directory on the instance is the image builder's choice, never user-data's
+            # (trust policy): the unit's environment is where an image would set it.
+            env["PULLBOOT_SOURCE"] = source_for_instance(str(self.source))
         env.update({k: for_instance(v) for k, v in self.env.items()})
         return env
+
+    def _host_source(self) -> bool:
+        """True for a directory source: it reaches the instance as the host's setting."""
+        return bool(self.source) and detect_kind(str(self.source)) == "dir"
 
     # -- persistence -------------------------------------------------------------------------
 

@@ -151,3 +151,16 @@ def test_sim_boot_e_is_read_as_ansible_reads_it(tmp_path: Path) -> None:
     s = _spec(args)
     assert dict(s.vars) == {"a": "1", "b": "x y", "n": [1, 2]}
     assert parse_user_data(s.user_data_bytes())["vars"] == {"a": "1", "b": "x y", "n": [1, 2]}
+
+
+def test_a_directory_source_reaches_the_instance_as_the_hosts_setting(tmp_path: Path) -> None:
+    # User-data may not choose a directory source (trust policy): the simulated image's unit
+    # environment carries it, as an image builder would.
+    s = spec(source=str(tmp_path), roles=("web",))
+    assert s.user_data_bytes() is None
+    env = s.unit_environment(imds_url="http://127.0.0.1:1", s3_url=None)
+    assert env["PULLBOOT_SOURCE"] == str(tmp_path)
+    git = spec(source=f"git+file://{tmp_path}", roles=("web",))
+    assert b"source: git+file://" in (git.user_data_bytes() or b"")
+    assert "PULLBOOT_SOURCE" not in git.unit_environment(imds_url="http://127.0.0.1:1",
+                                                        s3_url=None)
